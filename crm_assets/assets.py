@@ -1,0 +1,192 @@
+"""The CRM assets: one software-defined asset per `CRM_API` resource, built by dagster-dlt.
+
+The assets are defined from a source without credentials (import reads no secret); the run builds
+the real source from the `CRMCredentials` resource and hands it to `DagsterDltResource.run`.
+"""
+
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from dagster import (
+    AssetExecutionContext,
+    AssetKey,
+    AssetSpec,
+    Failure,
+    FreshnessPolicy,
+    MaterializeResult,
+    MetadataValue,
+    TableColumn,
+    TableColumnConstraints,
+    TableSchema,
+)
+
+# dagster-embedded-elt's dlt module is a re-export of dagster_dlt that warns on import; the
+# integration code is dagster_dlt's, so it is imported from there (see the README).
+from dagster_dlt import DagsterDltResource, DagsterDltTranslator, dlt_assets
+from dagster_dlt.translator import DltResourceTranslatorData
+from dlt.pipeline.pipeline import Pipeline
+
+from crm_assets.api import CRM_API
+from crm_assets.automation import CRM_GROUP
+from crm_assets.client import CRMClient, RequestPolicy, ResourceStats
+from crm_assets.resources import CRMCredentials, CRMWarehouse
+from crm_assets.source import crm_source
+
+KEY_PREFIX = "crm"
+LOADER_FILE_FORMAT = "parquet"  # flat memory and fast DuckDB loads (see the README)
+
+
+def asset_key(resource: str) -> AssetKey:
+    """The one asset-key scheme: `crm/<resource>`."""
+    return AssetKey([KEY_PREFIX, resource])
+
+
+def declared_table_schema(columns: Mapping[str, Mapping[str, Any]]) -> TableSchema:
+    """The declared columns as Dagster shows them, before the first sync has happened."""
+    return TableSchema(
+        columns=[
+            TableColumn(
+                name=name,
+                type=str(column.get("data_type", "text")),
+                description=column.get("description"),
+                constraints=TableColumnConstraints(
+                    nullable=bool(column.get("nullable", True)),
+                    unique=bool(column.get("primary_key", False)),
+                ),
+            )
+            for name, column in columns.items()
+        ]
+    )
+
+
+class CRMTranslator(DagsterDltTranslator):
+    """Keys `crm/<resource>`, group `crm`, no upstream source asset, freshness on each asset."""
+
+    def __init__(
+        self, freshness: FreshnessPolicy | None = None, config: Mapping[str, Any] = CRM_API
+    ) -> None:
+        self.freshness = freshness
+        self.columns = {r["name"]: r.get("columns", {}) for r in config["resources"]}
+
+    def get_asset_spec(self, data: DltResourceTranslatorData) -> AssetSpec:
+        name = data.resource.name
+        return (
+            super()
+            .get_asset_spec(data)
+            .replace_attributes(
+                key=asset_key(name),
+                group_name=CRM_GROUP,
+                deps=[],
+                kinds={"dlt", "rest_api"},
+                description=f"CRM `{name}`, merged on `id` into the warehouse table `{name}`.",
+                freshness_policy=self.freshness,
+                metadata={
+                    "dagster/column_schema": declared_table_schema(self.columns.get(name, {}))
+                },
+            )
+        )
+
+
+def _row_count(pipeline: Pipeline, table: str) -> int | None:
+    """Rows now in `table` at the destination (dagster-dlt's own count fails on a zero-row load)."""
+    try:
+        with pipeline.sql_client() as client:
+            qualified = client.make_qualified_table_name(table)
+            rows = client.execute_sql(f"SELECT count(*) FROM {qualified}")
+        return int(rows[0][0]) if rows else None
+    except Exception:
+        return None
+
+
+def _sync_metadata(
+    stats: ResourceStats,
+    rows_loaded: int,
+    rows_in_table: int | None,
+    seconds: float,
+    load_id: str | None,
+) -> dict[str, Any]:
+    metadata: dict[str, Any] = {
+        "rows_loaded": MetadataValue.int(rows_loaded),
+        "records_fetched": MetadataValue.int(stats.records),
+        "pages_fetched": MetadataValue.int(stats.pages),
+        "retries": MetadataValue.int(stats.retries),
+        "duration_s": MetadataValue.float(round(seconds, 3)),
+        "records_per_s": MetadataValue.float(round(stats.records / seconds, 1) if seconds else 0.0),
+    }
+    if rows_in_table is not None:
+        metadata["dagster/row_count"] = MetadataValue.int(rows_in_table)
+    if load_id:
+        metadata["dlt_load_id"] = MetadataValue.text(load_id)
+    if stats.variants:
+        metadata["schema_drift"] = MetadataValue.text(
+            "values that did not fit their declared type went to " + ", ".join(stats.variants)
+        )
+    return metadata
+
+
+def build_crm_assets(
+    freshness: FreshnessPolicy | None = None, config: Mapping[str, Any] = CRM_API
+) -> Any:
+    """The multi-asset over every resource in `config`, subsettable to any of them."""
+
+    translator = CRMTranslator(freshness, config)
+
+    @dlt_assets(
+        dlt_source=crm_source(None, config),
+        dlt_pipeline=None,  # built per run from CRMWarehouse: creating one writes files
+        name="crm_sync_assets",
+        dagster_dlt_translator=translator,
+        pool="crm_warehouse",
+    )
+    def crm_sync_assets(
+        context: AssetExecutionContext,
+        dlt: DagsterDltResource,
+        crm_credentials: CRMCredentials,
+        crm_warehouse: CRMWarehouse,
+    ) -> Iterator[MaterializeResult]:
+        started = time.monotonic()
+        pipeline = crm_warehouse.pipeline()
+        with CRMClient(
+            crm_credentials.connection(), RequestPolicy.from_env(), log=context.log
+        ) as client:
+            source = crm_source(client, config)
+            results = list(
+                dlt.run(
+                    context=context,
+                    dlt_source=source,
+                    dlt_pipeline=pipeline,
+                    dagster_dlt_translator=translator,
+                    loader_file_format=LOADER_FILE_FORMAT,
+                )
+            )
+        seconds = time.monotonic() - started
+        trace = pipeline.last_trace
+        row_counts = trace.last_normalize_info.row_counts if trace.last_normalize_info else {}
+        load_ids = pipeline.list_completed_load_packages()
+        load_id = load_ids[-1] if load_ids else None
+        failures: list[str] = []
+        for result in results:
+            key = result.asset_key
+            name = key.path[-1] if key else ""
+            stats = client.stats.get(name, ResourceStats())
+            if stats.failure:
+                failures.append(stats.failure)
+                continue
+            yield MaterializeResult(
+                asset_key=key,
+                metadata={
+                    **(result.metadata or {}),
+                    **_sync_metadata(
+                        stats, row_counts.get(name, 0), _row_count(pipeline, name), seconds, load_id
+                    ),
+                },
+            )
+        if failures:
+            raise Failure(
+                description=f"{len(failures)} of {len(results)} CRM resources failed: "
+                + "; ".join(failures),
+                allow_retries=False,
+            )
+
+    return crm_sync_assets

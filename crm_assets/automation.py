@@ -1,0 +1,62 @@
+"""When the CRM is synced: the asset job, its schedule, and freshness consistent with both."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime, timedelta
+
+from dagster import (
+    AssetSelection,
+    DefaultScheduleStatus,
+    FreshnessPolicy,
+    ScheduleDefinition,
+    define_asset_job,
+)
+from dagster._utils.schedules import cron_string_iterator, is_valid_cron_string
+
+CRM_GROUP = "crm"
+DEFAULT_SYNC_CRON = "0 2 * * *"  # daily, at night (UTC)
+
+crm_sync_job = define_asset_job(
+    name="crm_sync",
+    selection=AssetSelection.groups(CRM_GROUP),
+    description="Sync every CRM resource into the warehouse.",
+)
+
+
+def sync_cron() -> str:
+    """The schedule's cron (CRM_SYNC_CRON). Read when the definitions load: a schedule is part
+    of the definitions, so it cannot wait for a run; a wrong value fails with one line."""
+    cron = os.environ.get("CRM_SYNC_CRON") or DEFAULT_SYNC_CRON
+    if not is_valid_cron_string(cron):
+        raise ValueError(f"CRM_SYNC_CRON is not a valid cron expression: {cron!r}")
+    return cron
+
+
+def longest_gap(cron: str, sample: int = 64) -> timedelta:
+    """The longest time between two ticks of `cron`, so that freshness never flags a gap the
+    schedule itself leaves (a weekday-only cron has a three-day weekend gap)."""
+    ticks = cron_string_iterator(datetime(2025, 1, 1, tzinfo=UTC).timestamp(), cron, "UTC")
+    times = [next(ticks) for _ in range(sample)]
+    return max(b - a for a, b in zip(times, times[1:], strict=False))
+
+
+def freshness_policy(cron: str) -> FreshnessPolicy:
+    """Warn when the scheduled sync is late (by an hour, or a quarter of a short interval); fail
+    when a whole tick has been missed."""
+    gap = longest_gap(cron)
+    grace = min(timedelta(hours=1), gap / 4)
+    return FreshnessPolicy.time_window(fail_window=2 * gap, warn_window=gap + grace)
+
+
+def crm_sync_schedule(cron: str) -> ScheduleDefinition:
+    return ScheduleDefinition(
+        name="crm_sync_schedule",
+        job=crm_sync_job,
+        cron_schedule=cron,
+        execution_timezone="UTC",
+        # Running from the start: a deployed sync is meant to run. `dagster schedule stop
+        # crm_sync_schedule` or the UI's toggle turns it off.
+        default_status=DefaultScheduleStatus.RUNNING,
+        description="Runs the crm_sync job; its cron comes from CRM_SYNC_CRON.",
+    )

@@ -1,0 +1,428 @@
+"""HTTP access to the CRM: one client per sync, shared by every resource of the sync.
+
+Why not dlt's own REST client: it fetches the pages of a resource one after another, does not log
+its retries, adds no jitter to its backoff, and puts the request URL (with the `access_key` it
+does not know is secret) into its log lines and error messages. This client reads the same
+`CRM_API` config, fetches pages concurrently once the first page has told the total, retries
+transient failures with jittered exponential backoff, and builds every message itself from the
+path and the non-secret parameters only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from typing import Any, Literal, Protocol
+
+import orjson
+import requests
+from requests.adapters import HTTPAdapter
+
+from crm_assets.api import API_KEY_PARAM
+
+TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
+AccessKeyLocation = Literal["header", "query"]
+
+
+class Log(Protocol):
+    """What the client needs of a logger: Python's and Dagster's both fit."""
+
+    def info(self, msg: str, *args: Any) -> Any: ...
+    def warning(self, msg: str, *args: Any) -> Any: ...
+
+
+class CRMError(Exception):
+    """A sync failure whose message is one line, safe to show: no secret, no record data."""
+
+
+class CRMConfigError(CRMError):
+    """The project is not set up to reach the CRM (a missing or invalid setting)."""
+
+
+class CRMAPIError(CRMError):
+    """The CRM answered in a way a retry cannot fix, or kept failing until attempts ran out."""
+
+    def __init__(self, resource: str, kind: str, path: str, detail: str = "") -> None:
+        self.resource, self.kind, self.path = resource, kind, path
+        super().__init__(f"{resource}: {kind} from GET {path}" + (f" ({detail})" if detail else ""))
+
+
+@dataclass(frozen=True)
+class CRMConnection:
+    """Where the CRM is and the two secrets it wants. `repr` never shows the secrets."""
+
+    base_url: str
+    api_key: str = field(repr=False)
+    access_key: str | None = field(default=None, repr=False)
+    access_key_name: str = "X-Access-Key"
+    access_key_location: AccessKeyLocation = "header"
+
+    def __post_init__(self) -> None:
+        if not self.base_url.startswith(("http://", "https://")):
+            raise CRMConfigError(
+                f"CRM_BASE_URL must start with http:// or https://, got {self.base_url!r}"
+            )
+        if self.access_key_location not in ("header", "query"):
+            raise CRMConfigError(
+                "CRM_ACCESS_KEY_LOCATION must be 'header' or 'query', "
+                f"got {self.access_key_location!r}"
+            )
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        return tuple(s for s in (self.api_key, self.access_key) if s)
+
+
+def _env_number(name: str, default: float, cast: Callable[[str], float] = float) -> Any:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = cast(raw)
+    except ValueError:
+        raise CRMConfigError(f"{name} must be a number, got {raw!r}") from None
+    if value <= 0:
+        raise CRMConfigError(f"{name} must be greater than zero, got {raw!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class RequestPolicy:
+    """How hard the client tries. Every bound is an environment variable (see the README)."""
+
+    max_attempts: int = 6
+    backoff_base: float = 0.5
+    backoff_max: float = 30.0
+    connect_timeout: float = 10.0
+    read_timeout: float = 30.0
+    concurrency: int = 8
+
+    @classmethod
+    def from_env(cls) -> RequestPolicy:
+        d = cls()
+        return cls(
+            max_attempts=_env_number("CRM_REQUEST_MAX_ATTEMPTS", d.max_attempts, int),
+            backoff_base=_env_number("CRM_REQUEST_BACKOFF", d.backoff_base),
+            backoff_max=_env_number("CRM_REQUEST_MAX_BACKOFF", d.backoff_max),
+            connect_timeout=_env_number("CRM_CONNECT_TIMEOUT", d.connect_timeout),
+            read_timeout=_env_number("CRM_REQUEST_TIMEOUT", d.read_timeout),
+            concurrency=_env_number("CRM_CONCURRENCY", d.concurrency, int),
+        )
+
+    def backoff(self, attempt: int, rng: random.Random) -> float:
+        """Wait before retry number `attempt` (1-based): exponential, with equal jitter so that
+        concurrent workers that failed together do not come back together."""
+        ceiling = min(self.backoff_max, self.backoff_base * 2 ** (attempt - 1))
+        return ceiling / 2 + rng.uniform(0, ceiling / 2)
+
+
+@dataclass
+class ResourceStats:
+    """Counters of one resource's extraction, read by the asset for its metadata."""
+
+    pages: int = 0
+    records: int = 0
+    retries: int = 0
+    total: int | None = None
+    failure: str | None = None
+    variants: list[str] = field(default_factory=list)
+
+
+def _describe(path: str, params: Mapping[str, Any]) -> str:
+    query = "&".join(f"{k}={v}" for k, v in params.items())
+    return f"{path}?{query}" if query else path
+
+
+def _retry_after(response: requests.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+def _refused(exc: BaseException) -> bool:
+    """Whether a connection error means nobody is listening (or the host does not resolve):
+    retrying that for minutes only delays the message the user needs."""
+    seen: set[int] = set()
+    stack: list[Any] = [exc]
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, ConnectionRefusedError):
+            return True
+        name = type(e).__name__
+        if name in ("NameResolutionError",):
+            return True
+        if isinstance(e, BaseException):
+            stack.extend([e.__cause__, e.__context__, getattr(e, "reason", None), *e.args])
+    return False
+
+
+@dataclass
+class _Attempt:
+    """The outcome of one HTTP attempt, kept free of exception objects: the exceptions of
+    requests carry the full URL, secrets included, and must not be chained into ours."""
+
+    body: Any = None
+    status: int | None = None
+    kind: str = ""
+    transient: bool = False
+    retry_after: float | None = None
+
+
+class CRMClient:
+    """Thread-safe GETs against one CRM with retries; pages of a resource fetched concurrently."""
+
+    def __init__(
+        self,
+        connection: CRMConnection,
+        policy: RequestPolicy | None = None,
+        log: Log | None = None,
+        seed: int | None = None,
+    ) -> None:
+        self.connection = connection
+        self.policy = policy or RequestPolicy()
+        self.log: Log = log or logging.getLogger("crm_assets")
+        self.stats: dict[str, ResourceStats] = {}
+        self._rng = random.Random(seed)
+        self._local = threading.local()
+        self._pause_lock = threading.Lock()
+        self._resume_at = 0.0  # monotonic time before which nobody sends: the API said 429
+        self._pool = ThreadPoolExecutor(self.policy.concurrency, thread_name_prefix="crm-http")
+        self._sessions: list[requests.Session] = []
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        for session in self._sessions:
+            session.close()
+
+    def __enter__(self) -> CRMClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- one request -------------------------------------------------------------------------
+
+    def _session(self) -> requests.Session:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = requests.Session()
+            session.mount("http://", HTTPAdapter(pool_connections=1, pool_maxsize=1))
+            session.mount("https://", HTTPAdapter(pool_connections=1, pool_maxsize=1))
+            if self.connection.access_key and self.connection.access_key_location == "header":
+                session.headers[self.connection.access_key_name] = self.connection.access_key
+            self._local.session = session
+            self._sessions.append(session)
+        return session
+
+    def _wait_for_rate_limit(self) -> None:
+        while (delay := self._resume_at - time.monotonic()) > 0:
+            time.sleep(delay)
+
+    def _attempt(self, url: str, params: dict[str, Any], selector: str | None) -> _Attempt:
+        self._wait_for_rate_limit()
+        try:
+            response = self._session().get(
+                url,
+                params=params,
+                timeout=(self.policy.connect_timeout, self.policy.read_timeout),
+            )
+            content = response.content
+        except requests.Timeout:
+            return _Attempt(kind="timeout", transient=True)
+        except requests.RequestException as exc:
+            if _refused(exc):
+                return _Attempt(kind="connection refused")
+            return _Attempt(kind="connection error", transient=True)
+        status = response.status_code
+        if status != 200:
+            reason = f"HTTP {status} {response.reason or ''}".strip()
+            return _Attempt(
+                status=status,
+                kind=reason,
+                transient=status in TRANSIENT_STATUSES,
+                retry_after=_retry_after(response),
+            )
+        try:
+            body = orjson.loads(content)
+        except orjson.JSONDecodeError:
+            return _Attempt(status=status, kind="malformed page (not JSON)", transient=True)
+        if selector:
+            data: Any = body
+            for part in selector.split("."):
+                data = data.get(part) if isinstance(data, dict) else None
+            if data is None:
+                return _Attempt(
+                    status=status, kind=f"malformed page (no '{selector}')", transient=True
+                )
+            if not isinstance(data, list):
+                return _Attempt(
+                    status=status,
+                    kind=f"malformed page ('{selector}' is not a list)",
+                    transient=True,
+                )
+        return _Attempt(body=body, status=status)
+
+    def get(
+        self, resource: str, path: str, params: Mapping[str, Any], selector: str | None = None
+    ) -> Any:
+        """GET `path` with `params` (never secrets: they are added here), retrying transient
+        failures; returns the decoded JSON body or raises `CRMAPIError` with a one-line message."""
+        stats = self.stats.setdefault(resource, ResourceStats())
+        shown = _describe(path, params)
+        send = dict(params)
+        send[API_KEY_PARAM] = self.connection.api_key
+        if self.connection.access_key and self.connection.access_key_location == "query":
+            send[self.connection.access_key_name] = self.connection.access_key
+        url = self.connection.base_url.rstrip("/") + path
+        attempt = 1
+        while True:
+            outcome = self._attempt(url, send, selector)
+            if outcome.body is not None:
+                stats.pages += 1
+                return outcome.body
+            if not outcome.transient or attempt >= self.policy.max_attempts:
+                break
+            wait = self.policy.backoff(attempt, self._rng)
+            if outcome.retry_after is not None:
+                # Honour the server's own figure, with a little jitter so workers spread out.
+                wait = outcome.retry_after * (1 + self._rng.uniform(0, 0.1))
+                with self._pause_lock:
+                    self._resume_at = max(self._resume_at, time.monotonic() + wait)
+            stats.retries += 1
+            self.log.warning(
+                f"{resource}: {outcome.kind} on GET {shown}; retry {attempt}/"
+                f"{self.policy.max_attempts - 1} in {wait:.2f} s"
+            )
+            time.sleep(wait)
+            attempt += 1
+        detail = ""
+        if outcome.transient:
+            detail = f"gave up after {attempt} attempts"
+        elif outcome.status in (401, 403):
+            detail = (
+                "check CRM_API_KEY"
+                if outcome.status == 401
+                else ("check CRM_ACCESS_KEY and CRM_ACCESS_KEY_NAME/CRM_ACCESS_KEY_LOCATION")
+            )
+        elif outcome.kind == "connection refused":
+            detail = f"nothing answers at {self.connection.base_url}; check CRM_BASE_URL"
+        raise CRMAPIError(resource, outcome.kind, shown, detail)
+
+    # -- a whole resource ----------------------------------------------------------------------
+
+    def iter_pages(
+        self, resource: str, endpoint: Mapping[str, Any], params: Mapping[str, Any] | None = None
+    ) -> Iterator[list[dict[str, Any]]]:
+        """Yield the record lists of every page of one endpoint of `CRM_API`, in offset order."""
+        path = endpoint["path"]
+        selector = endpoint.get("data_selector")
+        base = {**(endpoint.get("params") or {}), **(params or {})}
+        paginator = endpoint.get("paginator")
+        stats = self.stats.setdefault(resource, ResourceStats())
+
+        def select(body: Any) -> list[dict[str, Any]]:
+            data = body
+            for part in (selector or "").split(".") if selector else []:
+                data = data[part]
+            stats.records += len(data)
+            return data
+
+        if paginator is None:
+            records = select(self.get(resource, path, base, selector))
+            stats.total = len(records)
+            yield records
+            return
+        if paginator.get("type") != "offset":
+            raise CRMConfigError(
+                f"{resource}: paginator type {paginator.get('type')!r} is not "
+                "supported; use 'offset' or none"
+            )
+        limit = int(paginator.get("limit", 100))
+        offset_param = paginator.get("offset_param", "offset")
+        limit_param = paginator.get("limit_param", "limit")
+        total_path = paginator.get("total_path", "total")
+
+        def page_params(offset: int) -> dict[str, Any]:
+            return {**base, offset_param: offset, limit_param: limit}
+
+        def total_of(body: Any) -> int | None:
+            value = body.get(total_path) if isinstance(body, dict) and total_path else None
+            return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+        first = self.get(resource, path, page_params(0), selector)
+        records = select(first)
+        total = total_of(first)
+        stats.total = total
+        yield records
+        if total is None:
+            # Without a total the only safe end is an empty page: step by what each page held.
+            offset = len(records)
+            while records:
+                records = select(self.get(resource, path, page_params(offset), selector))
+                offset += len(records)
+                if records:
+                    yield records
+            return
+        # A server may cap the page below our limit; its first page says by how much.
+        step = len(records) if 0 < len(records) < min(limit, total) else limit
+        yield from self._fetch_concurrently(
+            resource, path, selector, step, total, page_params, select, total_of
+        )
+
+    def _fetch_concurrently(
+        self,
+        resource: str,
+        path: str,
+        selector: str | None,
+        step: int,
+        total: int,
+        page_params: Callable[[int], dict[str, Any]],
+        select: Callable[[Any], list[dict[str, Any]]],
+        total_of: Callable[[Any], int | None],
+    ) -> Iterator[list[dict]]:
+        stats = self.stats[resource]
+        window: deque[Future[Any]] = deque()
+        next_offset = step
+        planned_end = total
+        try:
+            while True:
+                while next_offset < planned_end and len(window) < self.policy.concurrency:
+                    window.append(
+                        self._pool.submit(
+                            self.get, resource, path, page_params(next_offset), selector
+                        )
+                    )
+                    next_offset += step
+                if not window:
+                    return
+                body = window.popleft().result()
+                # Records added while we page push the total up: fetch the new tail too.
+                newer = total_of(body)
+                if newer is not None and newer > planned_end:
+                    planned_end = newer
+                    stats.total = newer
+                records = select(body)
+                if records:
+                    yield records
+        finally:
+            for future in window:
+                future.cancel()

@@ -1,0 +1,179 @@
+"""Shared fixtures: a live CRM simulator over real HTTP and an isolated place for every run.
+
+Each test gets its own DuckDB file, dlt pipelines folder and DAGSTER_HOME under tmp_path, and the
+secrets are distinctive strings so that a leak check can search for them anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+
+from crm_assets.api import CRM_COLUMNS
+from crm_assets.simulator import CRMSimulator
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+API_KEY = "sk-live-APIKEY-7f3a9c1e5b"
+ACCESS_KEY = "ak-ACCESSKEY-4d8e2f6a0c"
+# Not multiples of the page size, so the last page of each resource is a partial one.
+SMALL_COUNTS = {"customers": 250, "contacts": 431, "cases": 120, "leads": 309, "opportunities": 205}
+CRM_ENV_VARS = (
+    "CRM_BASE_URL",
+    "CRM_API_KEY",
+    "CRM_ACCESS_KEY",
+    "CRM_ACCESS_KEY_NAME",
+    "CRM_ACCESS_KEY_LOCATION",
+    "CRM_DUCKDB_PATH",
+    "CRM_PIPELINES_DIR",
+    "CRM_DESTINATION",
+    "CRM_DATASET",
+    "CRM_SYNC_CRON",
+    "CRM_CONCURRENCY",
+    "CRM_REQUEST_MAX_ATTEMPTS",
+    "CRM_REQUEST_BACKOFF",
+    "CRM_REQUEST_MAX_BACKOFF",
+    "CRM_REQUEST_TIMEOUT",
+    "CRM_CONNECT_TIMEOUT",
+)
+
+
+@dataclass
+class Workspace:
+    """Where one test's run puts everything, and the environment that points there."""
+
+    root: Path
+    duckdb_path: Path
+    pipelines_dir: Path
+    dagster_home: Path
+    env: dict[str, str]
+
+    def rows(self, table: str) -> list[dict[str, Any]]:
+        with duckdb.connect(str(self.duckdb_path), read_only=True) as con:
+            cursor = con.execute(f'SELECT * FROM crm."{table}" ORDER BY id')
+            names = [d[0] for d in cursor.description]
+            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+    def count(self, table: str) -> int:
+        with duckdb.connect(str(self.duckdb_path), read_only=True) as con:
+            return con.execute(f'SELECT count(*) FROM crm."{table}"').fetchone()[0]
+
+    def column_types(self, table: str) -> dict[str, str]:
+        with duckdb.connect(str(self.duckdb_path), read_only=True) as con:
+            return dict(
+                con.execute(
+                    "SELECT column_name, data_type FROM information_schema.columns "
+                    "WHERE table_schema = 'crm' AND table_name = ?",
+                    [table],
+                ).fetchall()
+            )
+
+
+@pytest.fixture
+def simulator() -> Iterator[CRMSimulator]:
+    with CRMSimulator(SMALL_COUNTS, api_key=API_KEY, access_key=ACCESS_KEY) as sim:
+        yield sim
+
+
+def make_workspace(root: Path, base_url: str) -> Workspace:
+    root.mkdir(parents=True, exist_ok=True)
+    ws = Workspace(
+        root=root,
+        duckdb_path=root / "warehouse.duckdb",
+        pipelines_dir=root / "pipelines",
+        dagster_home=root / "dagster_home",
+        env={},
+    )
+    ws.dagster_home.mkdir()
+    ws.env = {
+        "CRM_BASE_URL": base_url,
+        "CRM_API_KEY": API_KEY,
+        "CRM_ACCESS_KEY": ACCESS_KEY,
+        "CRM_DUCKDB_PATH": str(ws.duckdb_path),
+        "CRM_PIPELINES_DIR": str(ws.pipelines_dir),
+        "DAGSTER_HOME": str(ws.dagster_home),
+        # Fail fast in tests that provoke failures; the defaults suit a real CRM.
+        "CRM_REQUEST_BACKOFF": "0.01",
+        "CRM_REQUEST_MAX_BACKOFF": "0.2",
+    }
+    return ws
+
+
+@pytest.fixture
+def workspace(
+    tmp_path: Path, simulator: CRMSimulator, monkeypatch: pytest.MonkeyPatch
+) -> Workspace:
+    """An isolated run environment pointed at the simulator, applied to this process too."""
+    for name in CRM_ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+    ws = make_workspace(tmp_path / "ws", simulator.base_url)
+    for name, value in ws.env.items():
+        monkeypatch.setenv(name, value)
+    return ws
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without any CRM setting, plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if k not in CRM_ENV_VARS}
+    env.update(extra)
+    return env
+
+
+def dagster_cli(
+    *args: str, env: dict[str, str], timeout: float = 300
+) -> subprocess.CompletedProcess:
+    """Run the real `dagster` CLI of this environment from the repo root."""
+    exe = Path(sys.executable).with_name("dagster")
+    return subprocess.run(
+        [str(exe), *args],
+        env=env,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def as_api_value(value: Any, column: dict[str, Any] | None) -> Any:
+    """A warehouse value written back the way the API sends it, to compare the two."""
+    if value is None:
+        return None
+    data_type = (column or {}).get("data_type")
+    if data_type == "json":
+        return json.loads(value) if isinstance(value, str) else value
+    if data_type == "timestamp":
+        return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    if data_type == "date":
+        return value.isoformat()
+    return value
+
+
+def api_value(value: Any, column: dict[str, Any] | None) -> Any:
+    if value is not None and (column or {}).get("data_type") == "decimal":
+        return Decimal(str(value)).quantize(Decimal(1).scaleb(-column["scale"]))
+    return value
+
+
+def assert_same_records(ws: Workspace, simulator: CRMSimulator, resource: str) -> None:
+    """Every record the CRM serves is in the warehouse once, with the same values."""
+    columns = CRM_COLUMNS[resource]
+    rows = ws.rows(resource)
+    expected = sorted(simulator.records(resource), key=lambda r: r["id"])
+    assert [r["id"] for r in rows] == [r["id"] for r in expected]
+    for row, record in zip(rows, expected, strict=True):
+        for field, value in record.items():
+            column = columns.get(field)
+            assert as_api_value(row[field], column) == api_value(value, column), (
+                f"{resource} id={record['id']} field {field}"
+            )

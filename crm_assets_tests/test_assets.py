@@ -1,0 +1,125 @@
+"""Layer 3: the Dagster assets, materialized in-process against the simulator over HTTP."""
+
+from __future__ import annotations
+
+import pytest
+from dagster import (
+    AssetKey,
+    DagsterInstance,
+    build_schedule_context,
+    materialize,
+)
+
+import crm_assets
+from crm_assets.api import resource_names
+from crm_assets.simulator import CRMSimulator
+from crm_assets_tests.conftest import ACCESS_KEY, API_KEY, Workspace, assert_same_records
+
+
+def run_sync(selection: list[str] | None = None, instance: DagsterInstance | None = None):
+    defs = crm_assets.defs
+    return materialize(
+        defs.assets,
+        resources=defs.resources,
+        selection=selection,
+        instance=instance or DagsterInstance.get(),
+        raise_on_error=False,
+    )
+
+
+def test_full_sync_loads_every_record_once_with_the_same_values(
+    workspace: Workspace, simulator: CRMSimulator
+) -> None:
+    result = run_sync()
+    assert result.success
+    for name in resource_names():
+        assert workspace.count(name) == simulator.count(name)
+        assert_same_records(workspace, simulator, name)
+    materialized = {
+        e.asset_key: e.materialization.metadata for e in result.get_asset_materialization_events()
+    }
+    assert set(materialized) == {AssetKey(["crm", n]) for n in resource_names()}
+    customers = materialized[AssetKey(["crm", "customers"])]
+    assert customers["dagster/row_count"].value == simulator.count("customers")
+    assert customers["rows_loaded"].value == simulator.count("customers")
+    assert customers["pages_fetched"].value == 3  # 250 records at 100 a page
+
+
+def test_second_sync_merges_without_duplicates(
+    workspace: Workspace, simulator: CRMSimulator
+) -> None:
+    assert run_sync().success
+    first = {name: workspace.count(name) for name in resource_names()}
+    changed = simulator.update_records("contacts", 7)
+    assert run_sync().success
+    assert {name: workspace.count(name) for name in resource_names()} == first
+    assert_same_records(workspace, simulator, "contacts")
+    rows = {r["id"]: r for r in workspace.rows("contacts")}
+    assert all(rows[i]["updated_at"] is not None for i in changed)
+
+
+def test_selecting_one_asset_requests_only_its_endpoint(
+    workspace: Workspace, simulator: CRMSimulator
+) -> None:
+    simulator.reset_requests()
+    result = run_sync(selection=["crm/contacts"])
+    assert result.success
+    assert {r.path for r in simulator.requests()} == {"/v1/contacts"}
+    assert [e.asset_key for e in result.get_asset_materialization_events()] == [
+        AssetKey(["crm", "contacts"])
+    ]
+    assert workspace.count("contacts") == simulator.count("contacts")
+
+
+def test_credentials_reach_the_api_as_configured(
+    workspace: Workspace, simulator: CRMSimulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The simulator answers 401/403 to anything else, so a success proves the placement."""
+    monkeypatch.setenv("CRM_ACCESS_KEY_LOCATION", "query")
+    monkeypatch.setenv("CRM_ACCESS_KEY_NAME", "access_key")
+    with CRMSimulator(
+        {"customers": 5, "contacts": 0, "cases": 0, "leads": 0, "opportunities": 0},
+        api_key=API_KEY,
+        access_key=ACCESS_KEY,
+        access_key_name="access_key",
+        access_key_location="query",
+    ) as query_sim:
+        monkeypatch.setenv("CRM_BASE_URL", query_sim.base_url)
+        assert run_sync(selection=["crm/customers"]).success
+        assert {r.status for r in query_sim.requests()} == {200}
+    assert workspace.count("customers") == 5
+
+
+def test_wrong_api_key_fails_with_one_line_naming_resource_status_and_path(
+    workspace: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CRM_API_KEY", "wrong-key-123")
+    result = run_sync(selection=["crm/customers"])
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    message = failure.step_failure_data.error.message
+    assert "customers: HTTP 401" in message
+    assert "GET /v1/customers?startIndex=0&limit=100" in message
+    assert "wrong-key-123" not in message
+
+
+def test_run_without_secrets_fails_naming_the_missing_variable(
+    workspace: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CRM_API_KEY")
+    with pytest.raises(Exception, match='environment variable "CRM_API_KEY" which is not set'):
+        run_sync()
+
+
+def test_schedule_run_request_executes(workspace: Workspace, simulator: CRMSimulator) -> None:
+    defs = crm_assets.defs
+    schedule = defs.get_schedule_def("crm_sync_schedule")
+    instance = DagsterInstance.get()
+    with build_schedule_context(instance=instance) as context:
+        data = schedule.evaluate_tick(context)
+    assert data.run_requests and len(data.run_requests) == 1
+    job = defs.resolve_job_def(schedule.job_name)
+    result = job.execute_in_process(instance=instance, tags=data.run_requests[0].tags)
+    assert result.success
+    for name in resource_names():
+        assert workspace.count(name) == simulator.count(name)

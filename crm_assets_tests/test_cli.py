@@ -1,0 +1,61 @@
+"""Layer 4: the real `dagster` CLI as a user runs it, in a subprocess."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from crm_assets.simulator import CRMSimulator
+from crm_assets_tests.conftest import (
+    ACCESS_KEY,
+    API_KEY,
+    Workspace,
+    assert_same_records,
+    clean_env,
+    dagster_cli,
+)
+
+
+def test_materialize_one_asset_from_the_cli(workspace: Workspace, simulator: CRMSimulator) -> None:
+    simulator.reset_requests()
+    done = dagster_cli(
+        "asset",
+        "materialize",
+        "-m",
+        "crm_assets",
+        "--select",
+        "crm/contacts",
+        env=clean_env(**workspace.env),
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert workspace.count("contacts") == simulator.count("contacts")
+    assert_same_records(workspace, simulator, "contacts")
+    assert {r.path for r in simulator.requests()} == {"/v1/contacts"}
+    output = done.stdout + done.stderr
+    assert API_KEY not in output and ACCESS_KEY not in output
+
+
+def test_materialize_all_from_the_cli_twice(workspace: Workspace, simulator: CRMSimulator) -> None:
+    for _ in range(2):
+        done = dagster_cli(
+            "asset",
+            "materialize",
+            "-m",
+            "crm_assets",
+            "--select",
+            "*",
+            env=clean_env(**workspace.env),
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        for name in ("customers", "contacts", "cases", "leads", "opportunities"):
+            assert workspace.count(name) == simulator.count(name)
+
+
+def test_cli_without_secrets_names_the_missing_variable(
+    workspace: Workspace, tmp_path: Path
+) -> None:
+    env = clean_env(**workspace.env)
+    del env["CRM_ACCESS_KEY"]
+    done = dagster_cli("asset", "materialize", "-m", "crm_assets", "--select", "*", env=env)
+    assert done.returncode != 0
+    assert 'environment variable "CRM_ACCESS_KEY" which is not set' in done.stderr
+    assert not workspace.duckdb_path.exists()
