@@ -23,4 +23,5 @@ lint: install
 	$(VENV)/bin/ruff format --check .
 
 test: lint
+	scripts/ensure-chromium
 	$(VENV)/bin/pytest
