@@ -12,6 +12,7 @@ from dagster import (
     AssetExecutionContext,
     AssetKey,
     AssetSpec,
+    Config,
     Failure,
     FreshnessPolicy,
     MaterializeResult,
@@ -25,13 +26,16 @@ from dagster import (
 # integration code is dagster_dlt's, so it is imported from there (see the README).
 from dagster_dlt import DagsterDltResource, DagsterDltTranslator, dlt_assets
 from dagster_dlt.translator import DltResourceTranslatorData
+from dlt.destinations.exceptions import DatabaseUndefinedRelation
 from dlt.pipeline.pipeline import Pipeline
+from pydantic import Field
 
 from crm_assets.api import CRM_API
 from crm_assets.automation import CRM_GROUP
 from crm_assets.client import CRMClient, RequestPolicy, ResourceStats
 from crm_assets.resources import CRMCredentials, CRMWarehouse
 from crm_assets.source import crm_source
+from crm_assets.sync_lock import exclusive_sync
 
 KEY_PREFIX = "crm"
 LOADER_FILE_FORMAT = "parquet"  # flat memory and fast DuckDB loads (see the README)
@@ -88,21 +92,22 @@ class CRMTranslator(DagsterDltTranslator):
         )
 
 
-def _row_count(pipeline: Pipeline, table: str) -> int | None:
-    """Rows now in `table` at the destination (dagster-dlt's own count fails on a zero-row load)."""
+def _row_count(pipeline: Pipeline, table: str) -> int:
+    """Rows now in `table` at the destination (dagster-dlt's own count fails on a zero-row load);
+    a resource that has never had a record has no table yet, which is zero rows."""
     try:
         with pipeline.sql_client() as client:
             qualified = client.make_qualified_table_name(table)
             rows = client.execute_sql(f"SELECT count(*) FROM {qualified}")
-        return int(rows[0][0]) if rows else None
-    except Exception:
-        return None
+    except DatabaseUndefinedRelation:
+        return 0
+    return int(rows[0][0]) if rows else 0
 
 
 def _sync_metadata(
     stats: ResourceStats,
     rows_loaded: int,
-    rows_in_table: int | None,
+    rows_in_table: int,
     seconds: float,
     load_id: str | None,
 ) -> dict[str, Any]:
@@ -112,12 +117,18 @@ def _sync_metadata(
         "pages_fetched": MetadataValue.int(stats.pages),
         "retries": MetadataValue.int(stats.retries),
         "duration_s": MetadataValue.float(round(seconds, 3)),
-        "records_per_s": MetadataValue.float(round(stats.records / seconds, 1) if seconds else 0.0),
+        "records_per_s": MetadataValue.float(
+            round(stats.records / stats.seconds, 1) if stats.seconds else 0.0
+        ),
     }
-    if rows_in_table is not None:
-        metadata["dagster/row_count"] = MetadataValue.int(rows_in_table)
+    metadata["dagster/row_count"] = MetadataValue.int(rows_in_table)
     if load_id:
         metadata["dlt_load_id"] = MetadataValue.text(load_id)
+    if stats.cursor_start is not None:
+        metadata["cursor_start"] = MetadataValue.text(stats.cursor_start)
+        metadata["cursor_end"] = MetadataValue.text(stats.cursor_end or stats.cursor_start)
+    metadata["records_without_id"] = MetadataValue.int(stats.null_keys)
+    metadata["duplicate_ids"] = MetadataValue.int(stats.duplicate_keys)
     if stats.variants:
         metadata["schema_drift"] = MetadataValue.text(
             "values that did not fit their declared type went to " + ", ".join(stats.variants)
@@ -125,15 +136,25 @@ def _sync_metadata(
     return metadata
 
 
-def build_crm_assets(
-    freshness: FreshnessPolicy | None = None, config: Mapping[str, Any] = CRM_API
-) -> Any:
-    """The multi-asset over every resource in `config`, subsettable to any of them."""
+class CRMSyncConfig(Config):
+    """Run configuration of a sync (the UI's launchpad, or `--config-json` on the CLI)."""
 
-    translator = CRMTranslator(freshness, config)
+    full_refresh: bool = Field(
+        default=False,
+        description="Ignore the incremental cursors of the selected resources: read every "
+        "record again and merge it.",
+    )
+
+
+def build_crm_assets(
+    freshness: FreshnessPolicy | None = None, api_config: Mapping[str, Any] = CRM_API
+) -> Any:
+    """The multi-asset over every resource in `api_config`, subsettable to any of them."""
+
+    translator = CRMTranslator(freshness, api_config)
 
     @dlt_assets(
-        dlt_source=crm_source(None, config),
+        dlt_source=crm_source(None, api_config),
         dlt_pipeline=None,  # built per run from CRMWarehouse: creating one writes files
         name="crm_sync_assets",
         dagster_dlt_translator=translator,
@@ -141,52 +162,60 @@ def build_crm_assets(
     )
     def crm_sync_assets(
         context: AssetExecutionContext,
+        config: CRMSyncConfig,
         dlt: DagsterDltResource,
         crm_credentials: CRMCredentials,
         crm_warehouse: CRMWarehouse,
     ) -> Iterator[MaterializeResult]:
-        started = time.monotonic()
-        pipeline = crm_warehouse.pipeline()
-        with CRMClient(
-            crm_credentials.connection(), RequestPolicy.from_env(), log=context.log
-        ) as client:
-            source = crm_source(client, config)
-            results = list(
-                dlt.run(
-                    context=context,
-                    dlt_source=source,
-                    dlt_pipeline=pipeline,
-                    dagster_dlt_translator=translator,
-                    loader_file_format=LOADER_FILE_FORMAT,
+        # One sync at a time per pipeline folder and per DuckDB file, whatever the instance's
+        # pool settings: concurrent dlt runs corrupt each other's state (see exclusive_sync).
+        with exclusive_sync(crm_warehouse, context.log):
+            started = time.monotonic()
+            pipeline = crm_warehouse.pipeline()
+            with CRMClient(
+                crm_credentials.connection(), RequestPolicy.from_env(), log=context.log
+            ) as client:
+                source = crm_source(client, api_config, full_refresh=config.full_refresh)
+                results = list(
+                    dlt.run(
+                        context=context,
+                        dlt_source=source,
+                        dlt_pipeline=pipeline,
+                        dagster_dlt_translator=translator,
+                        loader_file_format=LOADER_FILE_FORMAT,
+                    )
                 )
-            )
-        seconds = time.monotonic() - started
-        trace = pipeline.last_trace
-        row_counts = trace.last_normalize_info.row_counts if trace.last_normalize_info else {}
-        load_ids = pipeline.list_completed_load_packages()
-        load_id = load_ids[-1] if load_ids else None
-        failures: list[str] = []
-        for result in results:
-            key = result.asset_key
-            name = key.path[-1] if key else ""
-            stats = client.stats.get(name, ResourceStats())
-            if stats.failure:
-                failures.append(stats.failure)
-                continue
-            yield MaterializeResult(
-                asset_key=key,
-                metadata={
-                    **(result.metadata or {}),
-                    **_sync_metadata(
-                        stats, row_counts.get(name, 0), _row_count(pipeline, name), seconds, load_id
-                    ),
-                },
-            )
-        if failures:
-            raise Failure(
-                description=f"{len(failures)} of {len(results)} CRM resources failed: "
-                + "; ".join(failures),
-                allow_retries=False,
-            )
+            seconds = time.monotonic() - started
+            trace = pipeline.last_trace
+            row_counts = trace.last_normalize_info.row_counts if trace.last_normalize_info else {}
+            load_info = trace.last_load_info
+            load_id = load_info.loads_ids[-1] if load_info and load_info.loads_ids else None
+            failures: list[str] = []
+            for result in results:
+                key = result.asset_key
+                name = key.path[-1] if key else ""
+                stats = client.stats.get(name, ResourceStats())
+                if stats.failure:
+                    failures.append(stats.failure)
+                    continue
+                yield MaterializeResult(
+                    asset_key=key,
+                    metadata={
+                        **(result.metadata or {}),
+                        **_sync_metadata(
+                            stats,
+                            row_counts.get(name, 0),
+                            _row_count(pipeline, name),
+                            seconds,
+                            load_id,
+                        ),
+                    },
+                )
+            if failures:
+                raise Failure(
+                    description=f"{len(failures)} of {len(results)} CRM resources failed: "
+                    + "; ".join(failures),
+                    allow_retries=False,
+                )
 
     return crm_sync_assets

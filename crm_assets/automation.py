@@ -24,6 +24,24 @@ crm_sync_job = define_asset_job(
 )
 
 
+crm_checks_job = define_asset_job(
+    name="crm_checks",
+    selection=AssetSelection.all_asset_checks(),
+    description="Run the CRM data-quality and freshness checks without syncing.",
+)
+
+# Between syncs the checks still run, so a sync that did not happen shows as a failing freshness
+# check within the hour, next to the freshness policy the daemon evaluates.
+crm_checks_schedule = ScheduleDefinition(
+    name="crm_checks_schedule",
+    job=crm_checks_job,
+    cron_schedule="30 * * * *",
+    execution_timezone="UTC",
+    default_status=DefaultScheduleStatus.RUNNING,
+    description="Hourly run of the CRM checks alone.",
+)
+
+
 def sync_cron() -> str:
     """The schedule's cron (CRM_SYNC_CRON). Read when the definitions load: a schedule is part
     of the definitions, so it cannot wait for a run; a wrong value fails with one line."""

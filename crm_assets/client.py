@@ -134,6 +134,13 @@ class ResourceStats:
     total: int | None = None
     failure: str | None = None
     variants: list[str] = field(default_factory=list)
+    first_total: int | None = None  # the total the first page gave, before any change
+    cursor_start: str | None = None
+    cursor_end: str | None = None
+    seconds: float = 0.0  # from the first request to the last record of this resource
+    null_keys: int = 0
+    duplicate_keys: int = 0
+    key_chunks: list[Any] = field(default_factory=list, repr=False)
 
 
 def _describe(path: str, params: Mapping[str, Any]) -> str:
@@ -187,8 +194,66 @@ class _Attempt:
     retry_after: float | None = None
 
 
+class _RatePacer:
+    """Paces every request of a client to the rate the API allows, learnt from its 429s.
+
+    Without pacing, concurrent workers burst past an API's rate limit, and a page that meets a
+    429 on every attempt fails the sync. The API does not announce its rate, but while it is
+    refusing requests, the requests it still admits arrive at exactly its limit: so on each 429
+    the pace is set to the rate admitted over the last second, and between 429s it creeps up
+    (1% per second) in case the limit was underestimated or has been raised. Before the first
+    429 nothing is paced.
+    """
+
+    WINDOW_S = 1.0
+    MIN_WINDOW_S = 0.05  # the first 429 can come after a 10-request burst, within ~50 ms
+    PROBE_PER_S = 0.01
+    MAX_PROBE = 0.5
+    MIN_RATE = 0.2  # requests/s; a floor so that a pace never stalls the sync
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.rate: float | None = None  # learnt requests/s; None until the first 429
+        self._next_slot = 0.0
+        self._started: float | None = None
+        self._limited_at = 0.0
+        self._admitted: deque[float] = deque()
+
+    def wait(self) -> None:
+        """Block until this request's slot; slots are 1/rate apart across all threads."""
+        with self._lock:
+            now = time.monotonic()
+            if self._started is None:
+                self._started = now
+            if self.rate is None:
+                return
+            probe = min(self.MAX_PROBE, self.PROBE_PER_S * (now - self._limited_at))
+            slot = max(now, self._next_slot)
+            self._next_slot = slot + 1.0 / (self.rate * (1.0 + probe))
+        if slot > now:
+            time.sleep(slot - now)
+
+    def observe(self, status: int | None) -> None:
+        """Count an admitted response, or learn the rate from a 429."""
+        now = time.monotonic()
+        with self._lock:
+            admitted = self._admitted
+            while admitted and admitted[0] < now - self.WINDOW_S:
+                admitted.popleft()
+            if status is None:
+                return
+            if status != 429:
+                admitted.append(now)
+                return
+            started = self._started if self._started is not None else now
+            window = min(self.WINDOW_S, max(self.MIN_WINDOW_S, now - started))
+            self.rate = max(self.MIN_RATE, len(admitted) / window)
+            self._limited_at = now
+
+
 class CRMClient:
-    """Thread-safe GETs against one CRM with retries; pages of a resource fetched concurrently."""
+    """Thread-safe GETs against one CRM with retries; pages of a resource fetched concurrently,
+    paced to the API's rate limit once it has answered 429."""
 
     def __init__(
         self,
@@ -205,6 +270,7 @@ class CRMClient:
         self._local = threading.local()
         self._pause_lock = threading.Lock()
         self._resume_at = 0.0  # monotonic time before which nobody sends: the API said 429
+        self._pacer = _RatePacer()
         self._pool = ThreadPoolExecutor(self.policy.concurrency, thread_name_prefix="crm-http")
         self._sessions: list[requests.Session] = []
 
@@ -236,6 +302,7 @@ class CRMClient:
     def _wait_for_rate_limit(self) -> None:
         while (delay := self._resume_at - time.monotonic()) > 0:
             time.sleep(delay)
+        self._pacer.wait()
 
     def _attempt(self, url: str, params: dict[str, Any], selector: str | None) -> _Attempt:
         self._wait_for_rate_limit()
@@ -296,6 +363,7 @@ class CRMClient:
         attempt = 1
         while True:
             outcome = self._attempt(url, send, selector)
+            self._pacer.observe(outcome.status)
             if outcome.body is not None:
                 stats.pages += 1
                 return outcome.body
@@ -348,7 +416,7 @@ class CRMClient:
 
         if paginator is None:
             records = select(self.get(resource, path, base, selector))
-            stats.total = len(records)
+            stats.total = stats.first_total = len(records)
             yield records
             return
         if paginator.get("type") != "offset":
@@ -371,7 +439,7 @@ class CRMClient:
         first = self.get(resource, path, page_params(0), selector)
         records = select(first)
         total = total_of(first)
-        stats.total = total
+        stats.total = stats.first_total = total
         yield records
         if total is None:
             # Without a total the only safe end is an empty page: step by what each page held.

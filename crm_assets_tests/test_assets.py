@@ -99,7 +99,7 @@ def test_wrong_api_key_fails_with_one_line_naming_resource_status_and_path(
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
     message = failure.step_failure_data.error.message
     assert "customers: HTTP 401" in message
-    assert "GET /v1/customers?startIndex=0&limit=100" in message
+    assert "GET /v1/customers?updated_since=1970-01-01T00:00:00Z&startIndex=0&limit=100" in message
     assert "wrong-key-123" not in message
 
 

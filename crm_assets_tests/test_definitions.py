@@ -76,7 +76,7 @@ def test_definitions_surface_without_secrets(tmp_path: Path) -> None:
         for name in ["cases", "contacts", "customers", "leads", "opportunities"]
     }
     assert surface["assets"] == expected_assets
-    assert surface["jobs"] == ["crm_sync"]
+    assert surface["jobs"] == ["crm_checks", "crm_sync"]
     assert surface["schedules"] == {
         "crm_sync_schedule": {
             "cron": "0 2 * * *",
@@ -84,9 +84,20 @@ def test_definitions_surface_without_secrets(tmp_path: Path) -> None:
             "tz": "UTC",
             "status": "RUNNING",
         },
+        "crm_checks_schedule": {
+            "cron": "30 * * * *",
+            "job": "crm_checks",
+            "tz": "UTC",
+            "status": "RUNNING",
+        },
     }
     assert surface["sensors"] == []
-    assert surface["checks"] == []
+    every = ("freshness", "primary_key", "row_count", "schema_drift")
+    referencing = ("cases", "contacts", "leads", "opportunities")
+    assert surface["checks"] == sorted(
+        [f"crm/{name}:{check}" for name in resource_names() for check in every]
+        + [f"crm/{name}:references" for name in referencing]
+    )
     assert surface["resources"] == ["crm_credentials", "crm_warehouse", "dlt"]
 
 

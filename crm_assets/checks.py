@@ -1,0 +1,286 @@
+"""Data-quality checks on every CRM asset, built from `CRM_API` like the assets themselves.
+
+Each check reads the warehouse through the same dlt destination the sync wrote to, so it works
+on DuckDB and PostgreSQL alike, and, for what the warehouse cannot show (records the API served
+without an id are left out of the load), the metadata of the asset's latest materialization.
+"""
+
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckKey,
+    AssetCheckResult,
+    AssetChecksDefinition,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetKey,
+    AssetRecordsFilter,
+    FreshnessPolicy,
+    multi_asset_check,
+)
+from dlt.destinations.exceptions import DatabaseUndefinedRelation
+
+from crm_assets.api import CRM_API
+from crm_assets.assets import asset_key
+from crm_assets.resources import CRMWarehouse
+
+PRIMARY_KEY = "primary_key"
+ROW_COUNT = "row_count"
+REFERENCES = "references"
+SCHEMA_DRIFT = "schema_drift"
+FRESHNESS = "freshness"
+
+
+def _specs(api_config: Mapping[str, Any], freshness: bool) -> list[AssetCheckSpec]:
+    specs: list[AssetCheckSpec] = []
+    for resource in api_config["resources"]:
+        key = asset_key(resource["name"])
+        specs += [
+            AssetCheckSpec(
+                PRIMARY_KEY,
+                asset=key,
+                description="Every record has an id, and each id is in the table once (ERROR).",
+            ),
+            AssetCheckSpec(ROW_COUNT, asset=key, description="The table is not empty (WARN)."),
+            AssetCheckSpec(
+                SCHEMA_DRIFT,
+                asset=key,
+                description="The columns are the same as after the previous sync (WARN).",
+            ),
+        ]
+        if freshness:
+            specs.append(
+                AssetCheckSpec(
+                    FRESHNESS,
+                    asset=key,
+                    description="The last sync is "
+                    "within the freshness policy's windows (WARN late, "
+                    "ERROR past the fail window).",
+                )
+            )
+        if resource.get("references"):
+            specs.append(
+                AssetCheckSpec(
+                    REFERENCES,
+                    asset=key,
+                    description="Every reference points at an existing row (WARN).",
+                )
+            )
+    return specs
+
+
+class _Warehouse:
+    """Read-only questions to the warehouse, through dlt's SQL client for its destination."""
+
+    def __init__(self, warehouse: CRMWarehouse) -> None:
+        self.pipeline = warehouse.pipeline()
+
+    def query(self, sql: str) -> list[tuple[Any, ...]] | None:
+        """Rows of `sql`, or None when a table it names does not exist (yet)."""
+        try:
+            with self.pipeline.sql_client() as client:
+                return list(client.execute_sql(sql) or [])
+        except DatabaseUndefinedRelation:
+            return None
+
+    def table(self, name: str) -> str:
+        with self.pipeline.sql_client() as client:
+            return client.make_qualified_table_name(name)
+
+
+def _latest_metadata(
+    context: AssetCheckExecutionContext, key: AssetKey, limit: int = 1
+) -> list[Mapping[str, Any]]:
+    records = context.instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=key), limit=limit
+    ).records
+    return [r.asset_materialization.metadata for r in records if r.asset_materialization]
+
+
+def _value(metadata: Mapping[str, Any], name: str, default: Any = 0) -> Any:
+    entry = metadata.get(name)
+    return getattr(entry, "value", default) if entry is not None else default
+
+
+def _primary_key(
+    db: _Warehouse, context: AssetCheckExecutionContext, key: AssetKey, table: str, pk: str
+) -> AssetCheckResult:
+    rows = db.query(
+        f"SELECT count(*) - count({pk}), count({pk}) - count(DISTINCT {pk}) FROM {db.table(table)}"
+    )
+    null_in_table, duplicate_in_table = rows[0] if rows else (0, 0)
+    latest = (_latest_metadata(context, key) or [{}])[0]
+    served_without = _value(latest, "records_without_id")
+    served_twice = _value(latest, "duplicate_ids")
+    problems = int(null_in_table) + int(duplicate_in_table) + served_without + served_twice
+    return AssetCheckResult(
+        asset_key=key,
+        check_name=PRIMARY_KEY,
+        passed=problems == 0,
+        severity=AssetCheckSeverity.ERROR,
+        description=None
+        if problems == 0
+        else (
+            f"{table}: {served_without} records served without {pk} (left out), "
+            f"{served_twice} {pk}s served more than once; in the table {null_in_table} null and "
+            f"{duplicate_in_table} duplicated"
+        ),
+        metadata={
+            "null_ids_in_table": int(null_in_table),
+            "duplicate_ids_in_table": int(duplicate_in_table),
+            "records_served_without_id": served_without,
+            "ids_served_more_than_once": served_twice,
+        },
+    )
+
+
+def _row_count(db: _Warehouse, key: AssetKey, table: str) -> AssetCheckResult:
+    rows = db.query(f"SELECT count(*) FROM {db.table(table)}")
+    count = int(rows[0][0]) if rows else 0
+    return AssetCheckResult(
+        asset_key=key,
+        check_name=ROW_COUNT,
+        passed=count > 0,
+        severity=AssetCheckSeverity.WARN,
+        metadata={"rows": count},
+        description=None if count else f"{table} is empty (or was never loaded)",
+    )
+
+
+def _references(
+    db: _Warehouse, key: AssetKey, table: str, references: Sequence[Mapping[str, Any]]
+) -> AssetCheckResult:
+    dangling: dict[str, int] = {}
+    for ref in references:
+        column, parent = ref["columns"][0], ref["referenced_table"]
+        parent_column = ref["referenced_columns"][0]
+        rows = db.query(
+            f"SELECT count(*) FROM {db.table(table)} c WHERE c.{column} IS NOT NULL AND NOT "
+            f"EXISTS (SELECT 1 FROM {db.table(parent)} p WHERE p.{parent_column} = c.{column})"
+        )
+        if rows is None:  # the parent table is missing: every reference dangles
+            rows = db.query(f"SELECT count({column}) FROM {db.table(table)}")
+        dangling[f"{column} -> {parent}.{parent_column}"] = int(rows[0][0]) if rows else 0
+    bad = {k: v for k, v in dangling.items() if v}
+    return AssetCheckResult(
+        asset_key=key,
+        check_name=REFERENCES,
+        passed=not bad,
+        severity=AssetCheckSeverity.WARN,
+        metadata={f"dangling {k}": v for k, v in dangling.items()},
+        description=None
+        if not bad
+        else f"{table}: " + ", ".join(f"{n} rows whose {k} does not exist" for k, n in bad.items()),
+    )
+
+
+def _columns(metadata: Mapping[str, Any]) -> set[str]:
+    schema = _value(metadata, "dagster/column_schema", None)
+    return {c.name for c in schema.columns} if schema is not None else set()
+
+
+def _schema_drift(
+    context: AssetCheckExecutionContext, key: AssetKey, table: str
+) -> AssetCheckResult:
+    latest = _latest_metadata(context, key, limit=2)
+    if len(latest) < 2:
+        return AssetCheckResult(
+            asset_key=key,
+            check_name=SCHEMA_DRIFT,
+            passed=True,
+            severity=AssetCheckSeverity.WARN,
+            description="first sync: nothing to compare with yet",
+        )
+    now, before = _columns(latest[0]), _columns(latest[1])
+    added, removed = sorted(now - before), sorted(before - now)
+    return AssetCheckResult(
+        asset_key=key,
+        check_name=SCHEMA_DRIFT,
+        passed=not added and not removed,
+        severity=AssetCheckSeverity.WARN,
+        metadata={
+            "added_columns": ", ".join(added) or "-",
+            "removed_columns": ", ".join(removed) or "-",
+            "columns": len(now),
+        },
+        description=None
+        if not (added or removed)
+        else (
+            f"{table} columns changed since the previous sync: added {added or 'none'}, "
+            f"removed {removed or 'none'}"
+        ),
+    )
+
+
+def _freshness(
+    context: AssetCheckExecutionContext, key: AssetKey, policy: FreshnessPolicy
+) -> AssetCheckResult:
+    """Age of the last sync against the policy the daemon also evaluates; the check records it
+    on every sync and on the hourly check run, where the UI's check history shows it."""
+    warn = policy.warn_window.to_timedelta() if policy.warn_window else None
+    fail = policy.fail_window.to_timedelta()
+    records = context.instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=key), limit=1
+    ).records
+    if not records:
+        return AssetCheckResult(
+            asset_key=key,
+            check_name=FRESHNESS,
+            passed=False,
+            severity=AssetCheckSeverity.WARN,
+            description=f"{key.to_user_string()} has never been synced",
+        )
+    age_s = time.time() - records[0].timestamp
+    late = warn is not None and age_s > warn.total_seconds()
+    stale = age_s > fail.total_seconds()
+    metadata: dict[str, float] = {"age_s": round(age_s, 1), "fail_window_s": fail.total_seconds()}
+    if warn is not None:
+        metadata["warn_window_s"] = warn.total_seconds()
+    return AssetCheckResult(
+        asset_key=key,
+        check_name=FRESHNESS,
+        passed=not (late or stale),
+        severity=AssetCheckSeverity.ERROR if stale else AssetCheckSeverity.WARN,
+        metadata=metadata,
+        description=None
+        if not (late or stale)
+        else f"last synced {age_s / 3600:.1f} h ago, past the {'fail' if stale else 'warn'} window",
+    )
+
+
+def build_crm_checks(
+    api_config: Mapping[str, Any] = CRM_API, freshness: FreshnessPolicy | None = None
+) -> AssetChecksDefinition:
+    """One multi-check over every resource in `api_config`; any subset can run on its own."""
+    resources = {r["name"]: r for r in api_config["resources"]}
+    pk = api_config.get("resource_defaults", {}).get("primary_key", "id")
+
+    @multi_asset_check(
+        specs=_specs(api_config, freshness is not None),
+        can_subset=True,
+        name="crm_quality_checks",
+        description="Data-quality checks of the CRM tables.",
+    )
+    def crm_quality_checks(
+        context: AssetCheckExecutionContext, crm_warehouse: CRMWarehouse
+    ) -> Iterator[AssetCheckResult]:
+        db = _Warehouse(crm_warehouse)
+        selected: set[AssetCheckKey] = set(context.selected_asset_check_keys)
+        for check_key in sorted(selected, key=lambda k: (k.asset_key.to_user_string(), k.name)):
+            key, name = check_key.asset_key, check_key.name
+            table = key.path[-1]
+            if name == PRIMARY_KEY:
+                yield _primary_key(db, context, key, table, resources[table].get("primary_key", pk))
+            elif name == ROW_COUNT:
+                yield _row_count(db, key, table)
+            elif name == REFERENCES:
+                yield _references(db, key, table, resources[table]["references"])
+            elif name == SCHEMA_DRIFT:
+                yield _schema_drift(context, key, table)
+            elif name == FRESHNESS and freshness is not None:
+                yield _freshness(context, key, freshness)
+
+    return crm_quality_checks

@@ -1,0 +1,96 @@
+"""One CRM sync at a time per dlt pipeline folder and per DuckDB file.
+
+Two dlt runs sharing a pipelines folder overwrite each other's state and load packages, and a
+DuckDB file takes one writer process at a time. The asset also asks for the Dagster pool
+`crm_warehouse`, but a pool limits anything only on an instance configured for it (and only for
+runs of that instance); a plain `dagster asset materialize` next to a scheduled run would still
+overlap. So the run also holds OS file locks (`flock`) for the whole dlt run: a second run waits
+for the first to finish, up to CRM_SYNC_LOCK_TIMEOUT seconds (default one hour), then fails with
+one line. The kernel drops a lock when its process dies, even by SIGKILL: a crashed run never
+leaves a stale lock behind.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+from dlt.common.pipeline import get_dlt_pipelines_dir
+
+from crm_assets.client import CRMConfigError, CRMError, Log
+from crm_assets.resources import PIPELINE_NAME, CRMWarehouse
+
+LOCK_TIMEOUT_ENV = "CRM_SYNC_LOCK_TIMEOUT"
+DEFAULT_LOCK_TIMEOUT_S = 3600.0
+_POLL_S = 0.2
+
+
+class SyncLockTimeout(CRMError):
+    """Another sync kept the warehouse for longer than this run was willing to wait."""
+
+
+def lock_timeout() -> float:
+    raw = os.environ.get(LOCK_TIMEOUT_ENV)
+    if not raw:
+        return DEFAULT_LOCK_TIMEOUT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        raise CRMConfigError(f"{LOCK_TIMEOUT_ENV} must be a number, got {raw!r}") from None
+    if value < 0:
+        raise CRMConfigError(f"{LOCK_TIMEOUT_ENV} must be zero or more, got {raw!r}")
+    return value
+
+
+def sync_lock_paths(warehouse: CRMWarehouse) -> list[Path]:
+    """The lock files of this warehouse, always in the same order (no two runs can deadlock)."""
+    pipelines_dir = (
+        warehouse.pipelines_dir or os.environ.get("CRM_PIPELINES_DIR") or get_dlt_pipelines_dir()
+    )
+    paths = [Path(pipelines_dir).expanduser().resolve() / f"{PIPELINE_NAME}.lock"]
+    if warehouse.destination_name() == "duckdb":
+        database = warehouse.database_path()
+        paths.append(database.with_name(database.name + ".sync.lock"))
+    return paths
+
+
+def _acquire(handle: IO[Any], path: Path, log: Log, deadline: float, timeout: float) -> None:
+    waited = False
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if waited:
+                log.info(f"crm sync: got {path} after the other sync finished")
+            return
+        except BlockingIOError:
+            pass
+        if not waited:
+            waited = True
+            log.info(f"crm sync: another sync holds {path}; waiting up to {timeout:.0f} s")
+        if time.monotonic() >= deadline:
+            raise SyncLockTimeout(
+                f"crm sync: another sync still holds {path} after {timeout:.0f} s; "
+                f"raise {LOCK_TIMEOUT_ENV} or wait for it to finish"
+            )
+        time.sleep(_POLL_S)
+
+
+@contextmanager
+def exclusive_sync(
+    warehouse: CRMWarehouse, log: Log, timeout: float | None = None
+) -> Iterator[list[Path]]:
+    """Hold every lock of `warehouse` for the body; yields the lock paths."""
+    timeout = lock_timeout() if timeout is None else timeout
+    deadline = time.monotonic() + timeout
+    paths = sync_lock_paths(warehouse)
+    with ExitStack() as stack:
+        for path in paths:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handle = stack.enter_context(path.open("a"))
+            _acquire(handle, path, log, deadline, timeout)
+        yield paths

@@ -1,0 +1,109 @@
+"""Incremental syncs: only changes are fetched and merged; the cursor lives at the destination."""
+
+from __future__ import annotations
+
+import shutil
+
+from dagster import DagsterInstance, RunConfig, materialize
+
+import crm_assets
+from crm_assets.api import resource_names
+from crm_assets.simulator import CRMSimulator, Faults
+from crm_assets_tests.conftest import Workspace, assert_same_records
+
+
+def sync(selection: list[str] | None = None, full_refresh: bool = False):
+    defs = crm_assets.defs
+    run_config = RunConfig(ops={"crm_sync_assets": {"config": {"full_refresh": full_refresh}}})
+    return materialize(
+        defs.assets,
+        resources=defs.resources,
+        selection=selection,
+        instance=DagsterInstance.get(),
+        run_config=run_config,
+        raise_on_error=False,
+    )
+
+
+def pages_requested(simulator: CRMSimulator, resource: str) -> list[dict[str, str]]:
+    return [r.params for r in simulator.requests(resource) if r.status == 200]
+
+
+def test_changed_records_fetch_only_their_pages(
+    workspace: Workspace, simulator: CRMSimulator
+) -> None:
+    assert sync().success
+    assert len(pages_requested(simulator, "contacts")) == 5  # 431 records, 100 a page
+    simulator.reset_requests()
+    cursor = max(r["updated_at"] for r in simulator.records("contacts"))
+
+    changed = simulator.update_records("contacts", 7)
+    # The API's filter is inclusive (>=), so records stamped exactly at the cursor come again.
+    expected = {r["id"] for r in simulator.records("contacts") if r["updated_at"] >= cursor}
+    result = sync()
+    assert result.success
+    requests = pages_requested(simulator, "contacts")
+    assert len(requests) == 1, requests  # 7 changed records fit on one page
+    assert requests[0]["updated_since"] != "1970-01-01T00:00:00Z"
+    assert workspace.count("contacts") == simulator.count("contacts")
+    assert_same_records(workspace, simulator, "contacts")
+    contacts = next(
+        e.materialization.metadata
+        for e in result.get_asset_materialization_events()
+        if e.asset_key.path[-1] == "contacts"
+    )
+    assert set(changed) <= expected
+    assert contacts["rows_loaded"].value == len(expected)
+    assert contacts["dagster/row_count"].value == simulator.count("contacts")
+
+
+def test_state_lives_with_the_warehouse(workspace: Workspace, simulator: CRMSimulator) -> None:
+    assert sync().success
+    # A new machine: dlt's local working folder is gone, the warehouse is all that is left.
+    shutil.rmtree(workspace.pipelines_dir)
+    simulator.update_records("leads", 3)
+    simulator.reset_requests()
+    assert sync(["crm/leads"]).success
+    assert len(pages_requested(simulator, "leads")) == 1
+    assert_same_records(workspace, simulator, "leads")
+
+
+def test_full_refresh_reads_everything_again(workspace: Workspace, simulator: CRMSimulator) -> None:
+    assert sync().success
+    simulator.reset_requests()
+    assert sync(["crm/customers"], full_refresh=True).success
+    requests = pages_requested(simulator, "customers")
+    assert len(requests) == 3
+    assert {r["updated_since"] for r in requests} == {"1970-01-01T00:00:00Z"}
+    assert workspace.count("customers") == simulator.count("customers")
+
+
+def test_resource_without_cursor_syncs_in_full(
+    workspace: Workspace, simulator: CRMSimulator
+) -> None:
+    assert sync().success
+    simulator.insert_records("cases", 4)
+    simulator.reset_requests()
+    assert sync(["crm/cases"]).success
+    requests = pages_requested(simulator, "cases")
+    assert len(requests) == 1 and "updated_since" not in requests[0]
+    assert_same_records(workspace, simulator, "cases")
+
+
+def test_failed_sync_keeps_the_cursor(
+    workspace: Workspace, simulator: CRMSimulator, monkeypatch
+) -> None:
+    assert sync().success
+    changed = set(simulator.update_records("opportunities", 150))
+    monkeypatch.setenv("CRM_REQUEST_MAX_ATTEMPTS", "2")
+    # The second page of the changes is broken: the first page alone must not move the cursor.
+    simulator.faults = Faults(rate_not_json=1.0, only_resources=("opportunities",))
+    assert not sync(["crm/opportunities"]).success
+    simulator.faults = Faults()
+    simulator.reset_requests()
+    assert sync(["crm/opportunities"]).success
+    assert len(pages_requested(simulator, "opportunities")) == 2  # all 150 changes again
+    rows = {r["id"]: r for r in workspace.rows("opportunities")}
+    assert changed <= set(rows)
+    assert_same_records(workspace, simulator, "opportunities")
+    assert all(workspace.count(n) == simulator.count(n) for n in resource_names())
