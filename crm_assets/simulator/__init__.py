@@ -1,0 +1,7 @@
+"""CRM API simulator (see ``server.py`` for the contract and usage)."""
+
+from .faults import Faults
+from .records import DEFAULT_COUNTS, RESOURCES
+from .server import CRMSimulator, RequestLog
+
+__all__ = ["CRMSimulator", "DEFAULT_COUNTS", "Faults", "RESOURCES", "RequestLog"]

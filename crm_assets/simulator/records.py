@@ -1,0 +1,520 @@
+"""Deterministic, realistic CRM records for the simulator.
+
+Every resource has its own ``random.Random`` seeded from ``"<seed>:<resource>"`` so that a
+resource's records do not depend on which other resources were generated first (generation is
+per resource and may happen in any order). References only need the *counts* of the referenced
+resources, never their records.
+
+Speed matters: the simulator must build millions of records in seconds. So the generators call
+``rng.random()`` directly (the cheapest call on ``Random``) instead of ``choice``/``randint``,
+format timestamps from precomputed tables, and do money arithmetic in integer cents (which also
+guarantees that a money value never has more than two fraction digits once divided by 100).
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+from collections.abc import Callable, Mapping
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+RESOURCES: tuple[str, ...] = ("customers", "contacts", "cases", "leads", "opportunities")
+
+DEFAULT_COUNTS: dict[str, int] = {
+    "customers": 1000,
+    "contacts": 3000,
+    "cases": 500,
+    "leads": 2000,
+    "opportunities": 1500,
+}
+
+# Generated timestamps lie in [BASE_EPOCH, END_EPOCH); the simulator's logical clock starts at
+# END_EPOCH, so every update/insert made through the simulator is newer than all generated data.
+BASE_EPOCH = 1_704_067_200  # 2024-01-01T00:00:00Z
+END_EPOCH = BASE_EPOCH + 366 * 86_400  # 2025-01-01T00:00:00Z (2024 is a leap year)
+_TABLE_DAYS = 4 * 366  # covers generated data, expected close dates and the sim clock
+
+
+@functools.cache
+def _day_table() -> list[str]:
+    start = date(2024, 1, 1)
+    return [(start + timedelta(days=d)).isoformat() for d in range(_TABLE_DAYS)]
+
+
+@functools.cache
+def _time_table() -> list[str]:
+    return [f"T{s // 3600:02d}:{s // 60 % 60:02d}:{s % 60:02d}Z" for s in range(86_400)]
+
+
+def iso(epoch: int) -> str:
+    """Format whole epoch seconds as ``YYYY-MM-DDTHH:MM:SSZ`` (fast path via lookup tables)."""
+    d, s = divmod(int(epoch) - BASE_EPOCH, 86_400)
+    if 0 <= d < _TABLE_DAYS:
+        return _day_table()[d] + _time_table()[s]
+    return datetime.fromtimestamp(int(epoch), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def iso_date(epoch: int) -> str:
+    """Format an epoch as ``YYYY-MM-DD``."""
+    d = (int(epoch) - BASE_EPOCH) // 86_400
+    if 0 <= d < _TABLE_DAYS:
+        return _day_table()[d]
+    return datetime.fromtimestamp(int(epoch), UTC).strftime("%Y-%m-%d")
+
+
+def parse_timestamp(value: Any) -> float | None:
+    """Parse an ISO-8601 timestamp to epoch seconds; naive values are taken as UTC.
+
+    Returns None when ``value`` is not a parsable timestamp string (the simulator then treats the
+    record as never matching an ``updated_since`` filter, like a SQL comparison with NULL).
+    """
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.strip())
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.timestamp()
+
+
+# --- word lists -------------------------------------------------------------------------------
+# (display, ascii) pairs: display names carry the unicode, ascii is used in emails and URLs.
+_FIRST = (
+    ("Zoë", "zoe"),
+    ("Łukasz", "lukasz"),
+    ("José", "jose"),
+    ("太郎", "taro"),
+    ("Anna", "anna"),
+    ("Björn", "bjorn"),
+    ("Chloé", "chloe"),
+    ("Søren", "soren"),
+    ("Ingrid", "ingrid"),
+    ("Mohammed", "mohammed"),
+    ("Aoife", "aoife"),
+    ("François", "francois"),
+    ("Małgorzata", "malgorzata"),
+    ("Nguyễn", "nguyen"),
+    ("Olga", "olga"),
+    ("Priya", "priya"),
+    ("Raúl", "raul"),
+    ("Sebastián", "sebastian"),
+    ("Tomáš", "tomas"),
+    ("Ümit", "umit"),
+    ("花子", "hanako"),
+    ("John", "john"),
+    ("Mary", "mary"),
+    ("Jürgen", "jurgen"),
+    ("Ana", "ana"),
+    ("Li", "li"),
+    ("Émilie", "emilie"),
+    ("Dmitrij", "dmitrij"),
+    ("Fatma", "fatma"),
+    ("Grace", "grace"),
+)
+_LAST = (
+    ("Müller", "muller"),
+    ("Nowak", "nowak"),
+    ("Ñúñez", "nunez"),
+    ("山田", "yamada"),
+    ("Smith", "smith"),
+    ("García", "garcia"),
+    ("Øberg", "oberg"),
+    ("Kowalczyk", "kowalczyk"),
+    ("Dubois", "dubois"),
+    ("Rossi", "rossi"),
+    ("O'Brien", "obrien"),
+    ("Schröder", "schroder"),
+    ("Novák", "novak"),
+    ("Yılmaz", "yilmaz"),
+    ("Andersson", "andersson"),
+    ("佐藤", "sato"),
+    ("Ivanova", "ivanova"),
+    ("Silva", "silva"),
+    ("Johnson", "johnson"),
+    ("Łęcki", "lecki"),
+    ("Van der Berg", "vanderberg"),
+    ("Côté", "cote"),
+    ("Kim", "kim"),
+    ("Patel", "patel"),
+)
+_COMPANY_SUFFIX = (
+    "GmbH",
+    "Ltd",
+    "Inc.",
+    "S.A.",
+    "Sp. z o.o.",
+    "AG",
+    "LLC",
+    "& Söhne",
+    "株式会社",
+    "S.L.",
+    "Group",
+    "Holdings",
+    "Consulting",
+    "Logistics",
+    "Systems",
+)
+_COMPANY_WORD = (
+    ("Nordlicht", "nordlicht"),
+    ("Acme", "acme"),
+    ("Blue River", "blueriver"),
+    ("Zürich Data", "zurichdata"),
+    ("Café Noir", "cafenoir"),
+    ("Sakura", "sakura"),
+    ("Polaris", "polaris"),
+    ("Łódź Tech", "lodztech"),
+    ("Ñandú", "nandu"),
+    ("Vértice", "vertice"),
+    ("Greenfield", "greenfield"),
+    ("Ostsee", "ostsee"),
+    ("富士", "fuji"),
+    ("Atlas", "atlas"),
+)
+_INDUSTRIES = (
+    "software",
+    "manufacturing",
+    "retail",
+    "healthcare",
+    "finance",
+    "logistics",
+    "education",
+    "energy",
+    "hospitality",
+    "telecommunications",
+    "public sector",
+    "agriculture",
+)
+_STREETS = (
+    "Hauptstraße",
+    "Main Street",
+    "ul. Piotrkowska",
+    "Calle Mayor",
+    "Rue de Rivoli",
+    "Königsallee",
+    "銀座通り",
+    "Baker Street",
+    "Avenida Paulista",
+    "Strøget",
+    "Bahnhofstrasse",
+)
+# (city, postal code prefix, country)
+_CITIES = (
+    ("München", "80", "DE"),
+    ("Berlin", "10", "DE"),
+    ("Łódź", "90-", "PL"),
+    ("Kraków", "30-", "PL"),
+    ("Madrid", "28", "ES"),
+    ("Paris", "75", "FR"),
+    ("東京", "100-", "JP"),
+    ("Zürich", "80", "CH"),
+    ("New York", "100", "US"),
+    ("São Paulo", "01", "BR"),
+    ("København", "1", "DK"),
+    ("London", "EC1A ", "GB"),
+    ("Malmö", "21", "SE"),
+)
+_TAGS = (
+    "vip",
+    "enterprise",
+    "smb",
+    "partner",
+    "churn-risk",
+    "renewal",
+    "beta",
+    "emea",
+    "apac",
+    "amer",
+    "öffentlich",
+    "優先",
+)
+_TITLES = (
+    "CEO",
+    "CTO",
+    "Head of Sales",
+    "Einkaufsleiter",
+    "IT Manager",
+    "Procurement Specialist",
+    "Directrice financière",
+    "Account Manager",
+    "営業部長",
+    "Operations Lead",
+    "Office Manager",
+)
+_SUBJECTS = (
+    "Cannot log in",
+    "Invoice missing",
+    "Rechnung fehlt – bitte prüfen",
+    "Export to CSV fails",
+    "Password reset not received",
+    "Problème de synchronisation",
+    "API rate limit questions",
+    "Feature request: dark mode",
+    "データが表示されない",
+    "Wrong VAT on invoice",
+    "Duplicate contacts after import",
+    "Słaba wydajność raportów",
+    "Contract renewal question",
+)
+_COMMENT_BODIES = (
+    "Thanks for reporting, we are looking into it.",
+    "Could you send a screenshot?",
+    "Danke, das Problem ist behoben.",
+    "Escalated to engineering.",
+    "Merci pour votre patience.",
+    "Customer confirmed the fix.",
+    "Waiting for the customer's reply.",
+    "再現できました。修正中です。",
+    "Workaround: clear the cache and retry.",
+    "Dziękujemy, zgłoszenie zamknięte.",
+)
+_PRODUCTS = (
+    "CRM Suite",
+    "Analytics Add-on",
+    "Support Plus",
+    "Data Hub",
+    "Onboarding",
+    "Lizenzpaket",
+    "Cloud Storage",
+    "Formation équipe",
+    "API Access",
+)
+_DEAL_KINDS = ("renewal", "upsell", "new business", "Ausbau Süd", "expansion", "pilot", "拡張")
+_SOURCES = ("web", "referral", "event", "partner", "cold_call")
+_STAGES = ("prospecting", "qualification", "proposal", "negotiation", "closed_won", "closed_lost")
+# Probability bands per stage, so probability is plausible for its stage.
+_STAGE_PROB = {
+    "prospecting": (5, 20),
+    "qualification": (15, 40),
+    "proposal": (35, 65),
+    "negotiation": (55, 90),
+    "closed_won": (100, 100),
+    "closed_lost": (0, 0),
+}
+_CURRENCIES = ("USD", "EUR", "GBP", "JPY")
+_PRIORITIES = ("low", "normal", "high", "urgent")
+_CASE_STATUS = ("open", "open", "pending", "closed", "closed")  # weighted: 40/20/40
+
+
+class Refs:
+    """Counts of the referenced resources (ids are 1..count), fixed when a resource generates."""
+
+    __slots__ = ("customers", "contacts")
+
+    def __init__(self, customers: int, contacts: int) -> None:
+        self.customers = customers
+        self.contacts = contacts
+
+
+# A generator returns (record, updated_at epoch) so the store needs no parsing to index it.
+Generator = Callable[[random.Random, int, int, int, Refs], tuple[dict[str, Any], int]]
+
+
+def _span(r: Callable[[], float], lo: int, hi: int) -> tuple[int, int]:
+    """created in [lo, hi], updated in [created, hi]; lo == hi gives both == lo (inserts)."""
+    created = lo + int(r() * (hi - lo))
+    return created, created + int(r() * (hi - created))
+
+
+def _money(r: Callable[[], float], max_cents: int) -> float:
+    # Integer cents / 100 is the closest double to a 2-decimal value; its shortest repr (which
+    # orjson emits) therefore has at most two fraction digits.
+    return int(r() * max_cents) / 100
+
+
+def gen_customer(
+    rng: random.Random, rid: int, lo: int, hi: int, refs: Refs
+) -> tuple[dict[str, Any], int]:
+    r = rng.random
+    word, slug = _COMPANY_WORD[int(r() * len(_COMPANY_WORD))]
+    last, _ = _LAST[int(r() * len(_LAST))]
+    suffix = _COMPANY_SUFFIX[int(r() * len(_COMPANY_SUFFIX))]
+    name = f"{word} {suffix}" if r() < 0.6 else f"{last} {suffix}"
+    created, updated = _span(r, lo, hi)
+    if r() < 0.15:
+        address = None
+    else:
+        city, postal, country = _CITIES[int(r() * len(_CITIES))]
+        address = {
+            "street": f"{_STREETS[int(r() * len(_STREETS))]} {int(r() * 200) + 1}",
+            "city": city,
+            "postal_code": f"{postal}{int(r() * 900) + 100}",
+            "country": country,
+        }
+    ntags = int(r() * 4)
+    tags = sorted({_TAGS[int(r() * len(_TAGS))] for _ in range(ntags)})
+    rec = {
+        "id": rid,
+        "name": name,
+        "email": None if r() < 0.15 else f"info{rid}@{slug}.example.com",
+        "phone": None
+        if r() < 0.15
+        else f"+{int(r() * 89) + 10} {int(r() * 900) + 100} {int(r() * 9_000_000) + 1_000_000}",
+        "industry": None if r() < 0.12 else _INDUSTRIES[int(r() * len(_INDUSTRIES))],
+        "annual_revenue": None if r() < 0.2 else _money(r, 1_000_000_000),
+        "employee_count": None if r() < 0.15 else int(r() ** 3 * 50_000) + 1,
+        "is_active": r() < 0.85,
+        "address": address,
+        "tags": tags,
+        "created_at": iso(created),
+        "updated_at": iso(updated),
+    }
+    return rec, updated
+
+
+def gen_contact(
+    rng: random.Random, rid: int, lo: int, hi: int, refs: Refs
+) -> tuple[dict[str, Any], int]:
+    r = rng.random
+    first, first_a = _FIRST[int(r() * len(_FIRST))]
+    last, last_a = _LAST[int(r() * len(_LAST))]
+    created, updated = _span(r, lo, hi)
+    if r() < 0.2:
+        social = None
+    else:
+        social = {
+            "linkedin": None
+            if r() < 0.3
+            else f"https://www.linkedin.com/in/{first_a}-{last_a}-{rid}",
+            "twitter": None if r() < 0.5 else f"@{first_a}{rid}",
+        }
+    rec = {
+        "id": rid,
+        "customer_id": None if refs.customers == 0 or r() < 0.1 else int(r() * refs.customers) + 1,
+        "first_name": first,
+        "last_name": last,
+        "email": None if r() < 0.15 else f"{first_a}.{last_a}{rid}@example.com",
+        "phone": None if r() < 0.2 else f"+{int(r() * 89) + 10} {int(r() * 9_000_000) + 1_000_000}",
+        "title": None if r() < 0.15 else _TITLES[int(r() * len(_TITLES))],
+        "is_primary": r() < 0.3,
+        "social": social,
+        "created_at": iso(created),
+        "updated_at": iso(updated),
+    }
+    return rec, updated
+
+
+def gen_case(
+    rng: random.Random, rid: int, lo: int, hi: int, refs: Refs
+) -> tuple[dict[str, Any], int]:
+    r = rng.random
+    opened = lo + int(r() * (hi - lo))
+    status = _CASE_STATUS[int(r() * len(_CASE_STATUS))]
+    closed = opened + int(r() * (hi - opened)) if status == "closed" else None
+    last_activity = closed if closed is not None else hi
+    ncomments = int(r() * 5)
+    times = sorted(opened + int(r() * (last_activity - opened)) for _ in range(ncomments))
+    comments = []
+    for t in times:
+        first, _ = _FIRST[int(r() * len(_FIRST))]
+        last, _ = _LAST[int(r() * len(_LAST))]
+        comments.append(
+            {
+                "author": f"{first} {last}",
+                "body": _COMMENT_BODIES[int(r() * len(_COMMENT_BODIES))],
+                "created_at": iso(t),
+            }
+        )
+    newest = max(opened, closed or opened, times[-1] if times else opened)
+    updated = newest + int(r() * (hi - newest))
+    rec = {
+        "id": rid,
+        "customer_id": int(r() * refs.customers) + 1 if refs.customers else None,
+        "contact_id": None if refs.contacts == 0 or r() < 0.2 else int(r() * refs.contacts) + 1,
+        "subject": _SUBJECTS[int(r() * len(_SUBJECTS))],
+        "status": status,
+        "priority": _PRIORITIES[int(r() * len(_PRIORITIES))],
+        "opened_at": iso(opened),
+        "closed_at": iso(closed) if closed is not None else None,
+        "comments": comments,
+        "updated_at": iso(updated),
+    }
+    return rec, updated
+
+
+def gen_lead(
+    rng: random.Random, rid: int, lo: int, hi: int, refs: Refs
+) -> tuple[dict[str, Any], int]:
+    r = rng.random
+    first, first_a = _FIRST[int(r() * len(_FIRST))]
+    last, last_a = _LAST[int(r() * len(_LAST))]
+    created, updated = _span(r, lo, hi)
+    converted = r() < 0.25
+    rec = {
+        "id": rid,
+        "first_name": first,
+        "last_name": last,
+        "email": None if r() < 0.15 else f"{first_a}.{last_a}.{rid}@example.org",
+        "company": None
+        if r() < 0.2
+        else f"{_COMPANY_WORD[int(r() * len(_COMPANY_WORD))][0]} "
+        f"{_COMPANY_SUFFIX[int(r() * len(_COMPANY_SUFFIX))]}",
+        "source": _SOURCES[int(r() * len(_SOURCES))],
+        "score": int(r() * 101),
+        "estimated_value": None if r() < 0.2 else _money(r, 100_000_000),
+        "is_converted": converted,
+        "contact_id": int(r() * refs.contacts) + 1 if converted and refs.contacts else None,
+        "created_at": iso(created),
+        "updated_at": iso(updated),
+    }
+    return rec, updated
+
+
+def gen_opportunity(
+    rng: random.Random, rid: int, lo: int, hi: int, refs: Refs
+) -> tuple[dict[str, Any], int]:
+    r = rng.random
+    created, updated = _span(r, lo, hi)
+    stage = _STAGES[int(r() * len(_STAGES))]
+    plo, phi = _STAGE_PROB[stage]
+    product = _PRODUCTS[int(r() * len(_PRODUCTS))]
+    kind = _DEAL_KINDS[int(r() * len(_DEAL_KINDS))]
+    nitems = int(r() * 5)  # 0..4; with no items the amount is a free estimate
+    items = []
+    total_cents = 0
+    for _ in range(nitems):
+        qty = int(r() * 50) + 1
+        price_cents = int(r() * 1_000_000) + 100
+        total_cents += qty * price_cents
+        items.append(
+            {
+                "sku": f"SKU-{int(r() * 9000) + 1000}",
+                "quantity": qty,
+                "unit_price": price_cents / 100,
+            }
+        )
+    if not items:
+        total_cents = int(r() ** 2 * 1_000_000_000) + 10_000
+    rec = {
+        "id": rid,
+        "customer_id": int(r() * refs.customers) + 1 if refs.customers else None,
+        "contact_id": None if refs.contacts == 0 or r() < 0.25 else int(r() * refs.contacts) + 1,
+        "name": f"{product} – {kind}",
+        "stage": stage,
+        "amount": total_cents / 100,
+        "currency": _CURRENCIES[int(r() * len(_CURRENCIES))],
+        "probability": plo + int(r() * (phi - plo + 1)),
+        "expected_close_date": iso_date(created + int(r() * 300 * 86_400)),
+        "is_won": True if stage == "closed_won" else False if stage == "closed_lost" else None,
+        "line_items": items,
+        "created_at": iso(created),
+        "updated_at": iso(updated),
+    }
+    return rec, updated
+
+
+GENERATORS: Mapping[str, Generator] = {
+    "customers": gen_customer,
+    "contacts": gen_contact,
+    "cases": gen_case,
+    "leads": gen_lead,
+    "opportunities": gen_opportunity,
+}
+
+
+def resource_rng(seed: int, resource: str) -> random.Random:
+    """One independent, reproducible stream per resource (str seeds hash with SHA-512, so this
+    does not depend on PYTHONHASHSEED)."""
+    return random.Random(f"{seed}:{resource}")

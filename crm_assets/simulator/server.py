@@ -1,0 +1,767 @@
+"""CRM API simulator: a real HTTP server that speaks a third-party CRM's REST contract.
+
+Contract
+    GET /v1/{customers,contacts,cases,leads,opportunities} (plus collections added with
+    ``add_resource``); anything else is 404 ``{"error": "not found"}``.
+    Auth: query param ``api_key`` (else 401 ``{"error": "invalid api key"}``), then the access
+    key in a header (default ``X-Access-Key``, case-insensitive) or a query param (else 403
+    ``{"error": "invalid access key"}``); an access key of None is not checked.
+    Paging (all but cases): ``startIndex`` (default 0) and ``limit`` (default 100, silently capped
+    at 100); body ``{"data": [...], "total": n, "startIndex": i, "limit": effective_limit}``,
+    records in id order. Cases come on one page: ``{"data": [...], "total": n}``.
+    ``updated_since`` (ISO-8601) keeps records with ``updated_at >= updated_since``; paging and
+    total apply to the filtered set. Bad parameters give 400 ``{"error": "..."}``.
+
+Usage
+    with CRMSimulator(counts={"customers": 250}, faults=Faults(rate_503=0.1)) as sim:
+        requests.get(f"{sim.base_url}/v1/customers",
+                     params={"api_key": "test-api-key"},
+                     headers={"X-Access-Key": "test-access-key"})
+        sim.records("customers")        # ground truth, exactly as served
+        sim.requests("customers")       # request log (secrets replaced by "***")
+
+    Console: ``crm-simulator --help`` / ``python -m crm_assets.simulator --help``.
+
+Design notes (why it looks like this)
+    * Records are generated once per resource (deterministically, see ``records.py``) and kept
+      only as pre-encoded JSON bytes; a page is a ``b",".join`` of a slice. Decoding happens only
+      for ``records()`` and mutations.
+    * Every response is written with a single ``sendall`` (status line, headers and body together)
+      on a TCP_NODELAY socket: ``http.server``'s usual separate header/body sends hit Nagle plus
+      delayed ACK and cost ~40 ms per keep-alive request.
+    * Nothing is ever logged per request and error bodies never echo request data, because the
+      request line carries the api key (and possibly the access key).
+    * Faults are drawn from a RNG seeded by ``Faults.seed`` (one draw per request), so a run with
+      the same request sequence sees the same faults.
+    * The rate limiter is a token bucket (rate ``rate_limit``/s, burst ``max(1, rate/10)``). It
+      admits a request when at least ``1 - grace`` tokens are there (grace = 10 ms of refill, at
+      most half a token), so a client pacing itself at exactly the limit is not punished for
+      scheduling jitter; the long-run rate still cannot exceed the limit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import http
+import math
+import socket
+import socketserver
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Mapping
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qsl
+
+import orjson
+
+from .faults import FAULT_KINDS, FaultPicker, Faults
+from .records import (
+    BASE_EPOCH,
+    DEFAULT_COUNTS,
+    END_EPOCH,
+    GENERATORS,
+    RESOURCES,
+    Refs,
+    iso,
+    parse_timestamp,
+    resource_rng,
+)
+
+__all__ = ["RESOURCES", "DEFAULT_COUNTS", "Faults", "RequestLog", "CRMSimulator"]
+
+MAX_LIMIT = 100
+_UNPAGED = frozenset({"cases"})
+_HTTP_FAULTS = {"429": 429, "500": 500, "502": 502, "503": 503, "504": 504}
+_FILTER_CACHE_SIZE = 16
+_NOT_JSON_BODY = (
+    b"<!DOCTYPE html><html><head><title>502 Bad Gateway</title></head>"
+    b"<body><h1>Bad Gateway</h1><p>The upstream server returned an invalid response.</p>"
+    b"</body></html>"
+)
+# Fields that update_records changes on the built-in resources ("one ordinary field").
+_TITLES_CYCLE = ("CEO", "CTO", "Head of Sales", "IT Manager", "Account Manager")
+_PRIORITY_CYCLE = ("low", "normal", "high", "urgent")
+
+
+@dataclass(frozen=True)
+class RequestLog:
+    """One request as the simulator saw it. ``params`` never holds secrets (they read "***")."""
+
+    method: str
+    path: str
+    params: dict[str, str]
+    status: int
+    fault: str | None
+
+
+@dataclass
+class _Response:
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+    headers: tuple[tuple[str, str], ...] = ()
+    fault: str | None = None
+    drop: bool = False
+    delay: float = 0.0
+
+
+def _json_error(
+    status: int, message: str, fault: str | None = None, headers: tuple[tuple[str, str], ...] = ()
+) -> _Response:
+    return _Response(status, orjson.dumps({"error": message}), fault=fault, headers=headers)
+
+
+def _encode(record: Any) -> bytes:
+    # orjson hands back bytes whose allocation keeps its ~4 KB working buffer; copying to an
+    # exact-size object cuts memory ~10x for millions of small records (and is faster overall,
+    # as malloc can reuse the freed buffer instead of growing the heap).
+    return memoryview(orjson.dumps(record)).tobytes()
+
+
+def _seconds(value: float) -> str:
+    """Decimal seconds for Retry-After: "0.05", "1", "0.013" (rounded up to whole ms)."""
+    # round() first: 0.05 * 1000 is 50.000000000000007, which ceil would turn into 0.051.
+    millis = math.ceil(round(max(0.0, value) * 1000, 6))
+    text = f"{millis / 1000:.3f}".rstrip("0").rstrip(".")
+    return text or "0"
+
+
+class _Store:
+    """One collection: records as JSON bytes plus a parallel list of updated_at epochs."""
+
+    def __init__(
+        self, name: str, *, builtin: bool, count: int = 0, seed: int = 0, refs: Refs | None = None
+    ) -> None:
+        self.name = name
+        self.builtin = builtin
+        self.paged = name not in _UNPAGED
+        self.lock = threading.RLock()
+        self.encoded: list[bytes] = []
+        self.updated: list[float | None] = []
+        self.count_at_start = count
+        self.next_id = count + 1
+        self.seed = seed
+        self.refs = refs
+        self.rng = resource_rng(seed, name) if builtin else None
+        self.generated = not builtin
+        self.update_calls = 0
+        # since-epoch -> positions matching updated_at >= since; kept valid on append, dropped
+        # on any other mutation.
+        self.filter_cache: dict[float, list[int]] = {}
+
+    def ensure(self) -> None:
+        with self.lock:
+            if self.generated:
+                return
+            gen = GENERATORS[self.name]
+            rng, refs = self.rng, self.refs
+            assert rng is not None and refs is not None
+            dumps = _encode
+            enc_append = self.encoded.append
+            upd_append = self.updated.append
+            hi = END_EPOCH - 1
+            for rid in range(1, self.count_at_start + 1):
+                rec, upd = gen(rng, rid, BASE_EPOCH, hi, refs)
+                enc_append(dumps(rec))
+                upd_append(upd)
+            self.generated = True
+
+    def filtered(self, since: float) -> list[int]:
+        idx = self.filter_cache.get(since)
+        if idx is None:
+            idx = [i for i, u in enumerate(self.updated) if u is not None and u >= since]
+            if len(self.filter_cache) >= _FILTER_CACHE_SIZE:
+                self.filter_cache.pop(next(iter(self.filter_cache)))
+            self.filter_cache[since] = idx
+        return idx
+
+    def append(self, record: dict[str, Any]) -> None:
+        pos = len(self.encoded)
+        upd = parse_timestamp(record.get("updated_at"))
+        self.encoded.append(_encode(record))
+        self.updated.append(upd)
+        if upd is not None:
+            for since, idx in self.filter_cache.items():
+                if upd >= since:
+                    idx.append(pos)
+
+    def replace(self, pos: int, record: dict[str, Any]) -> None:
+        self.encoded[pos] = _encode(record)
+        self.updated[pos] = parse_timestamp(record.get("updated_at"))
+        self.filter_cache.clear()
+
+    def position_of(self, record_id: Any) -> int:
+        guess = record_id - 1 if isinstance(record_id, int) else -1
+        if (
+            0 <= guess < len(self.encoded)
+            and orjson.loads(self.encoded[guess]).get("id") == record_id
+        ):
+            return guess
+        for pos, raw in enumerate(self.encoded):
+            if orjson.loads(raw).get("id") == record_id:
+                return pos
+        raise KeyError(f"{self.name}: no record with id {record_id!r}")
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "crm-simulator"
+    disable_nagle_algorithm = True  # StreamRequestHandler.setup sets TCP_NODELAY
+    server: _Server
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.track(self.connection)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.server.untrack(self.connection)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        # Silent on purpose: request lines carry the api key, and per-request output is noise.
+        pass
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        # The default echoes the raw request line (with the api key) into an HTML body.
+        self.close_connection = True
+        try:
+            phrase = http.HTTPStatus(code).phrase.lower()
+        except ValueError:
+            phrase = "error"
+        self._write(_json_error(code, phrase), head_only=False)
+
+    def _serve(self) -> None:
+        length = self.headers.get("Content-Length")
+        if length:
+            try:
+                self.rfile.read(int(length))  # discard a body so keep-alive stays in sync
+            except ValueError:
+                self.close_connection = True
+        sim = self.server.sim
+        delay = sim.latency_ms / 1000.0
+        if delay > 0:
+            time.sleep(delay)
+        resp = sim._dispatch(self.command, self.path, self.headers)
+        if resp.delay > 0:
+            time.sleep(resp.delay)
+        self._write(resp, head_only=self.command == "HEAD")
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = do_HEAD = _serve
+
+    def _write(self, resp: _Response, *, head_only: bool) -> None:
+        try:
+            phrase = http.HTTPStatus(resp.status).phrase
+        except ValueError:
+            phrase = "Unknown"
+        body = resp.body
+        lines = [
+            f"HTTP/1.1 {resp.status} {phrase}",
+            f"Content-Type: {resp.content_type}",
+            f"Content-Length: {len(body)}",
+        ]
+        lines.extend(f"{k}: {v}" for k, v in resp.headers)
+        if resp.drop:
+            self.close_connection = True
+            body = body[: len(body) // 2]
+        if self.close_connection:
+            lines.append("Connection: close")
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        # One sendall for head and body (see module docstring).
+        self.wfile.write(head if head_only else head + body)
+        if resp.drop:
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+    request_queue_size = 128  # the default 5 drops SYNs when a client pool connects at once
+
+    def __init__(self, address: tuple[str, int], sim: CRMSimulator) -> None:
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        self.sim = sim
+        self._conns: set[socket.socket] = set()
+        self._conns_lock = threading.Lock()
+        super().__init__(address, _Handler)
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind calls socket.getfqdn(), a reverse DNS lookup that can stall.
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name = str(host)
+        self.server_port = int(port)
+
+    def track(self, conn: socket.socket) -> None:
+        with self._conns_lock:
+            self._conns.add(conn)
+
+    def untrack(self, conn: socket.socket) -> None:
+        with self._conns_lock:
+            self._conns.discard(conn)
+
+    def close_connections(self) -> None:
+        with self._conns_lock:
+            conns = list(self._conns)
+        for conn in conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        exc = sys.exc_info()[1]
+        if isinstance(exc, OSError):
+            return  # client went away: normal for drop faults and aborted clients
+        traceback.print_exc()
+
+
+class CRMSimulator:
+    """A CRM REST API on a local port, with deterministic data and injectable faults."""
+
+    def __init__(
+        self,
+        counts: Mapping[str, int] | None = None,
+        *,
+        api_key: str = "test-api-key",
+        access_key: str | None = "test-access-key",
+        access_key_name: str = "X-Access-Key",
+        access_key_location: str = "header",
+        seed: int = 42,
+        faults: Faults | None = None,
+        latency_ms: float = 0.0,
+        rate_limit: float | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
+        if access_key_location not in ("header", "query"):
+            raise ValueError("access_key_location must be 'header' or 'query'")
+        merged = dict(DEFAULT_COUNTS)
+        for name, n in (counts or {}).items():
+            if name not in DEFAULT_COUNTS:
+                raise ValueError(f"unknown resource {name!r}; expected one of {RESOURCES}")
+            if int(n) < 0:
+                raise ValueError(f"count for {name} must be >= 0")
+            merged[name] = int(n)
+        self._counts = merged
+        self._api_key = api_key
+        self._access_key = access_key
+        self.access_key_name = access_key_name
+        self.access_key_location = access_key_location
+        self.seed = seed
+        self._faults = faults if faults is not None else Faults()
+        self.latency_ms = latency_ms
+        self.rate_limit = rate_limit
+        self.host = host
+        self.port = port
+        self.base_url = ""
+
+        refs = Refs(merged["customers"], merged["contacts"])
+        self._stores: dict[str, _Store] = {
+            name: _Store(name, builtin=True, count=merged[name], seed=seed, refs=refs)
+            for name in RESOURCES
+        }
+        self._lock = threading.Lock()  # log, fault picker, counters, bucket, clock
+        self._log: list[RequestLog] = []
+        self._picker: FaultPicker | None = None
+        self._injected: dict[str, int] = {}
+        self._reset_counters()
+        self._clock = END_EPOCH  # logical "now": after every generated updated_at
+        self._bucket_rate: float | None = None
+        self._tokens = 0.0
+        self._bucket_at = 0.0
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    # --- lifecycle ----------------------------------------------------------------------------
+    def start(self) -> CRMSimulator:
+        """Generate the data (if not yet) and serve it from a background thread."""
+        if self._server is not None:
+            raise RuntimeError("simulator already started")
+        # Bind before generating: a busy port should fail at once, not after seconds of work.
+        # Connections made meanwhile wait in the listen backlog.
+        server = _Server((self.host, self.port), self)
+        try:
+            for store in list(self._stores.values()):
+                store.ensure()
+        except BaseException:
+            server.server_close()
+            raise
+        self._server = server
+        self.port = server.server_address[1]
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        self.base_url = f"http://{host}:{self.port}"
+        self._thread = threading.Thread(
+            target=server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"crm-simulator:{self.port}",
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop listening and cut open keep-alive connections. Safe to call twice."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        server.close_connections()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def __enter__(self) -> CRMSimulator:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # --- configuration ------------------------------------------------------------------------
+    @property
+    def faults(self) -> Faults:
+        return self._faults
+
+    @faults.setter
+    def faults(self, value: Faults | None) -> None:
+        self._faults = value if value is not None else Faults()
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Current record count of every served collection."""
+        return {name: self.count(name) for name in self._stores}
+
+    # --- ground truth and inspection ----------------------------------------------------------
+    def _store(self, resource: str) -> _Store:
+        try:
+            store = self._stores[resource]
+        except KeyError:
+            raise KeyError(f"unknown resource {resource!r}") from None
+        store.ensure()
+        return store
+
+    def records(self, resource: str) -> list[dict[str, Any]]:
+        """The current records, decoded from exactly the bytes that are served."""
+        store = self._store(resource)
+        with store.lock:
+            raw = list(store.encoded)
+        return [orjson.loads(b) for b in raw]
+
+    def count(self, resource: str) -> int:
+        store = self._store(resource)
+        with store.lock:
+            return len(store.encoded)
+
+    def requests(self, resource: str | None = None) -> list[RequestLog]:
+        with self._lock:
+            log = list(self._log)
+        if resource is None:
+            return log
+        path = f"/v1/{resource}"
+        return [entry for entry in log if entry.path == path]
+
+    def reset_requests(self) -> None:
+        """Clear the request log and the faults_injected counters."""
+        with self._lock:
+            self._log.clear()
+            self._reset_counters()
+
+    def faults_injected(self) -> dict[str, int]:
+        """Counts since start/reset: every random fault kind ("429", "500", "drop", ...), plus
+        "omit_total" (pages sent without total), "inserted" (records added by
+        insert_during_paging) and "rate_limited" (429s from the rate limiter)."""
+        with self._lock:
+            return dict(self._injected)
+
+    def _reset_counters(self) -> None:
+        self._injected = {kind: 0 for kind, _ in FAULT_KINDS}
+        self._injected.update(omit_total=0, inserted=0, rate_limited=0)
+
+    def _count_fault(self, kind: str, n: int = 1) -> None:
+        with self._lock:
+            self._injected[kind] = self._injected.get(kind, 0) + n
+
+    # --- mutations ----------------------------------------------------------------------------
+    def _tick(self) -> int:
+        with self._lock:
+            self._clock += 1
+            return self._clock
+
+    def _clock_past(self, epoch: float | None) -> None:
+        # Keep "now" later than every updated_at, even ones planted by set_field/add_resource.
+        if epoch is not None:
+            with self._lock:
+                self._clock = max(self._clock, math.floor(epoch))
+
+    def update_records(self, resource: str, n: int) -> list[int]:
+        """Change ``n`` records spread over the collection: updated_at becomes the sim clock's
+        new "now" and one ordinary field changes. Returns the changed records' ids (sorted)."""
+        store = self._store(resource)
+        now = self._tick()
+        stamp = iso(now)
+        with store.lock:
+            size = len(store.encoded)
+            n = max(0, min(int(n), size))
+            store.update_calls += 1
+            # A fresh seeded sample per call: deterministic, spread out, and successive calls
+            # touch different records.
+            picker = resource_rng(self.seed, f"{resource}:update:{store.update_calls}")
+            positions = sorted(picker.sample(range(size), n))
+            ids: list[int] = []
+            for pos in positions:
+                rec = orjson.loads(store.encoded[pos])
+                _change_one_field(resource, rec, store.update_calls)
+                if "updated_at" in rec or store.builtin:
+                    rec["updated_at"] = stamp
+                store.replace(pos, rec)
+                ids.append(rec.get("id"))
+        return ids
+
+    def insert_records(self, resource: str, n: int) -> list[int]:
+        """Append ``n`` new records (ids continue after the highest id given out so far)."""
+        store = self._store(resource)
+        if n <= 0:
+            return []
+        now = self._tick()
+        return self._insert(store, int(n), now)
+
+    def _insert(self, store: _Store, n: int, now: int) -> list[int]:
+        refs = Refs(self._stores["customers"].next_id - 1, self._stores["contacts"].next_id - 1)
+        ids: list[int] = []
+        with store.lock:
+            for _ in range(n):
+                rid = store.next_id
+                store.next_id += 1
+                if store.builtin and store.name in GENERATORS:
+                    assert store.rng is not None
+                    rec, _upd = GENERATORS[store.name](store.rng, rid, now, now, refs)
+                else:
+                    rec = _clone_for_insert(store, rid, now)
+                store.append(rec)
+                ids.append(rid)
+        return ids
+
+    def set_field(self, resource: str, record_id: int, field: str, value: Any) -> None:
+        """Overwrite or add one field of the (first) record with this id; used to serve bad
+        data. Setting ``updated_at`` also moves the record in ``updated_since`` filtering."""
+        store = self._store(resource)
+        with store.lock:
+            pos = store.position_of(record_id)
+            rec = orjson.loads(store.encoded[pos])
+            rec[field] = value
+            store.replace(pos, rec)
+        if field == "updated_at":
+            self._clock_past(parse_timestamp(value))
+
+    def add_resource(self, name: str, records: list[dict[str, Any]]) -> None:
+        """Serve ``records`` (in the given order) at ``/v1/<name>``, paged like the others.
+        Replaces a collection of the same name."""
+        if not name or "/" in name or "?" in name:
+            raise ValueError(f"invalid resource name {name!r}")
+        store = _Store(name, builtin=False)
+        ids = [r.get("id") for r in records if isinstance(r.get("id"), int)]
+        store.next_id = max(ids, default=0) + 1
+        for rec in records:
+            store.append(rec)
+        self._clock_past(max((u for u in store.updated if u is not None), default=None))
+        self._stores[name] = store
+
+    # --- request handling ---------------------------------------------------------------------
+    def _dispatch(self, method: str, target: str, headers: Any) -> _Response:
+        path, _, query = target.partition("?")
+        params: dict[str, str] = {}
+        for key, value in parse_qsl(query, keep_blank_values=True):
+            params.setdefault(key, value)  # first value wins
+        try:
+            resp = self._route(method, path, params, headers)
+        except Exception:
+            traceback.print_exc()
+            resp = _json_error(500, "internal simulator error")
+        self._record(method, path, params, resp)
+        return resp
+
+    def _record(self, method: str, path: str, params: dict[str, str], resp: _Response) -> None:
+        secrets = {s for s in (self._api_key, self._access_key) if s}
+        clean = {
+            k: "***" if k in ("api_key", self.access_key_name) or v in secrets else v
+            for k, v in params.items()
+        }
+        entry = RequestLog(method, path, clean, resp.status, resp.fault)
+        with self._lock:
+            self._log.append(entry)
+
+    def _route(self, method: str, path: str, params: dict[str, str], headers: Any) -> _Response:
+        store = self._stores.get(path[4:]) if path.startswith("/v1/") else None
+        if store is None or method not in ("GET", "HEAD"):
+            return _json_error(404, "not found")
+        if not _same(params.get("api_key"), self._api_key):
+            return _json_error(401, "invalid api key")
+        if self._access_key is not None:
+            if self.access_key_location == "query":
+                given = params.get(self.access_key_name)
+            else:
+                given = headers.get(self.access_key_name)  # email.message: case-insensitive
+            if not _same(given, self._access_key):
+                return _json_error(403, "invalid access key")
+        limited = self._rate_limited()
+        if limited is not None:
+            return limited
+        return self._serve_collection(store, params)
+
+    def _rate_limited(self) -> _Response | None:
+        rate = self.rate_limit
+        if not rate or rate <= 0:
+            return None
+        burst = max(1.0, rate / 10.0)
+        grace = min(0.5, rate * 0.010)
+        with self._lock:
+            now = time.monotonic()
+            if self._bucket_rate != rate:  # new or changed limit: start with a full bucket
+                self._bucket_rate = rate
+                self._tokens = burst
+            else:
+                self._tokens = min(burst, self._tokens + (now - self._bucket_at) * rate)
+            self._bucket_at = now
+            if self._tokens >= 1.0 - grace:
+                self._tokens -= 1.0
+                return None
+            wait = max(0.01, (1.0 - self._tokens) / rate)
+            self._injected["rate_limited"] += 1
+        return _json_error(
+            429,
+            "rate limit exceeded",
+            fault="rate_limited",
+            headers=(("Retry-After", _seconds(wait)),),
+        )
+
+    def _serve_collection(self, store: _Store, params: dict[str, str]) -> _Response:
+        start, limit = 0, MAX_LIMIT
+        if store.paged:
+            try:
+                start = _non_negative(params, "startIndex", 0)
+                limit = min(_non_negative(params, "limit", MAX_LIMIT), MAX_LIMIT)
+            except ValueError as exc:
+                return _json_error(400, str(exc))
+        since: float | None = None
+        raw_since = params.get("updated_since")
+        if raw_since is not None:
+            # A literal "+" in a query string decodes to a space ("...T00:00:00 00:00").
+            since = parse_timestamp(raw_since.replace(" ", "+"))
+            if since is None:
+                return _json_error(400, "updated_since must be an ISO-8601 timestamp")
+
+        faults = self._faults
+        applies = faults.applies_to(store.name)
+        kind: str | None = None
+        if applies:
+            with self._lock:
+                if self._picker is None or self._picker.faults is not faults:
+                    self._picker = FaultPicker(faults)
+                kind = self._picker.pick()
+                if kind is not None:
+                    self._injected[kind] += 1
+        if kind in _HTTP_FAULTS:
+            status = _HTTP_FAULTS[kind]
+            extra: tuple[tuple[str, str], ...] = ()
+            if status == 429:
+                extra = (("Retry-After", _seconds(faults.retry_after)),)
+            return _json_error(
+                status, http.HTTPStatus(status).phrase.lower(), fault=kind, headers=extra
+            )
+        if kind == "not_json":
+            return _Response(
+                200, _NOT_JSON_BODY, content_type="text/html; charset=utf-8", fault=kind
+            )
+
+        with store.lock:
+            store.ensure()
+            if since is None:
+                total = len(store.encoded)
+                chunk = store.encoded[start : start + limit] if store.paged else store.encoded
+            else:
+                idx = store.filtered(since)
+                total = len(idx)
+                enc = store.encoded
+                sel = idx[start : start + limit] if store.paged else idx
+                chunk = [enc[i] for i in sel]
+            data = b"[" + b",".join(chunk) + b"]"
+
+        omit_total = applies and faults.omit_total
+        if kind == "data_not_list":
+            data = b'{"message":"temporarily unavailable","items":' + data + b"}"
+        parts = [] if kind == "no_data" else [b'"data":' + data]
+        if kind != "no_total" and not omit_total:
+            parts.append(b'"total":%d' % total)
+        if omit_total:
+            self._count_fault("omit_total")
+        if store.paged:
+            parts.append(b'"startIndex":%d,"limit":%d' % (start, limit))
+        body = b"{" + b",".join(parts) + b"}"
+
+        if applies and store.paged and faults.insert_during_paging > 0:
+            n = int(faults.insert_during_paging)
+            self._insert(store, n, self._tick())
+            self._count_fault("inserted", n)
+        return _Response(
+            200,
+            body,
+            fault=kind,
+            drop=kind == "drop",
+            delay=float(faults.slow_seconds) if kind == "slow" else 0.0,
+        )
+
+
+def _same(given: str | None, expected: str) -> bool:
+    if given is None:
+        return False
+    # Constant-time compare; encode because compare_digest rejects non-ASCII str.
+    return hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))
+
+
+def _non_negative(params: dict[str, str], name: str, default: int) -> int:
+    raw = params.get(name)
+    if raw is None:
+        return default
+    if not (raw.isascii() and raw.isdigit()):
+        raise ValueError(f"{name} must be a non-negative integer")
+    return int(raw)
+
+
+def _change_one_field(resource: str, rec: dict[str, Any], call: int) -> None:
+    """The "one ordinary field" update_records changes on each built-in resource."""
+    if resource == "customers":
+        rec["employee_count"] = (rec.get("employee_count") or 0) + 1
+    elif resource == "contacts":
+        current = rec.get("title")
+        choices = [t for t in _TITLES_CYCLE if t != current]
+        rec["title"] = choices[call % len(choices)]
+    elif resource == "cases":
+        current = rec.get("priority")
+        pos = _PRIORITY_CYCLE.index(current) if current in _PRIORITY_CYCLE else -1
+        rec["priority"] = _PRIORITY_CYCLE[(pos + 1) % len(_PRIORITY_CYCLE)]
+    elif resource == "leads":
+        score = rec.get("score")
+        rec["score"] = (score + 7) % 101 if isinstance(score, int) else 50
+    elif resource == "opportunities":
+        amount = rec.get("amount")
+        cents = round(amount * 100) if isinstance(amount, int | float) else 0
+        rec["amount"] = (cents + 10_000) / 100  # +100.00, still at most 2 decimals
+
+
+def _clone_for_insert(store: _Store, rid: int, now: int) -> dict[str, Any]:
+    """New record for an add_resource collection: a copy of the last one with a fresh id."""
+    template = orjson.loads(store.encoded[-1]) if store.encoded else {}
+    rec = dict(template)
+    rec["id"] = rid
+    stamp = iso(now)
+    for key in ("created_at", "updated_at"):
+        if key in rec or key == "updated_at":
+            rec[key] = stamp
+    return rec

@@ -1,0 +1,471 @@
+"""The CRM API simulator itself, over real HTTP: contract, data, faults, limiter, log, CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from crm_assets.simulator import RESOURCES, CRMSimulator, Faults
+
+KEY = "sim-test-APIKEY-93b1"
+ACCESS = "sim-test-ACCESSKEY-5c2e"
+COUNTS = {"customers": 250, "contacts": 431, "cases": 120, "leads": 309, "opportunities": 205}
+TS_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def sim() -> Iterator[CRMSimulator]:
+    with CRMSimulator(COUNTS, api_key=KEY, access_key=ACCESS) as s:
+        yield s
+
+
+@pytest.fixture
+def http() -> Iterator[requests.Session]:
+    with requests.Session() as session:
+        session.headers["X-Access-Key"] = ACCESS
+        yield session
+
+
+def get(
+    http: requests.Session, sim: CRMSimulator, resource: str, **params: Any
+) -> requests.Response:
+    return http.get(f"{sim.base_url}/v1/{resource}", params={"api_key": KEY, **params}, timeout=10)
+
+
+# --- contract ---------------------------------------------------------------------------------
+def test_paging_covers_every_record_once_in_id_order(
+    sim: CRMSimulator, http: requests.Session
+) -> None:
+    for resource in ("customers", "contacts", "leads", "opportunities"):
+        seen: list[dict[str, Any]] = []
+        start = 0
+        while True:
+            body = get(http, sim, resource, startIndex=start, limit=100).json()
+            assert body["total"] == COUNTS[resource]
+            assert (body["startIndex"], body["limit"]) == (start, 100)
+            if not body["data"]:
+                break
+            seen.extend(body["data"])
+            start += len(body["data"])
+        assert [r["id"] for r in seen] == list(range(1, COUNTS[resource] + 1))
+        assert seen == sim.records(resource)
+
+
+def test_defaults_cap_and_past_the_end(sim: CRMSimulator, http: requests.Session) -> None:
+    body = get(http, sim, "customers").json()
+    assert (len(body["data"]), body["startIndex"], body["limit"]) == (100, 0, 100)
+    capped = get(http, sim, "customers", limit=500, startIndex=10).json()
+    assert len(capped["data"]) == 100 and capped["limit"] == 100
+    assert capped["data"][0]["id"] == 11
+    empty = get(http, sim, "customers", startIndex=10_000).json()
+    assert empty["data"] == [] and empty["total"] == 250
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"limit": "-1"},
+        {"limit": "ten"},
+        {"startIndex": "-5"},
+        {"startIndex": "1.5"},
+        {"updated_since": "yesterday"},
+    ],
+)
+def test_bad_parameters_are_400(
+    sim: CRMSimulator, http: requests.Session, params: dict[str, str]
+) -> None:
+    r = get(http, sim, "customers", **params)
+    assert r.status_code == 400
+    assert isinstance(r.json()["error"], str)
+
+
+def test_cases_come_on_one_page(sim: CRMSimulator, http: requests.Session) -> None:
+    body = get(http, sim, "cases", startIndex=50, limit=10).json()
+    assert set(body) == {"data", "total"}
+    assert body["total"] == 120 and len(body["data"]) == 120
+    assert body["data"] == sim.records("cases")
+
+
+def test_unknown_paths_are_404_json(sim: CRMSimulator, http: requests.Session) -> None:
+    for path in ("/v1/invoices", "/v2/customers", "/", "/v1/customers/1"):
+        r = http.get(sim.base_url + path, params={"api_key": KEY}, timeout=10)
+        assert r.status_code == 404 and r.json() == {"error": "not found"}
+    assert http.post(f"{sim.base_url}/v1/customers", data=b"x" * 10, timeout=10).status_code == 404
+    # The connection is still usable after a request with a body.
+    assert get(http, sim, "leads").status_code == 200
+
+
+def test_responses_are_json_keep_alive_with_length(sim: CRMSimulator) -> None:
+    with socket.create_connection(("127.0.0.1", sim.port), timeout=5) as conn:
+        request = (
+            f"GET /v1/leads?api_key={KEY}&limit=3 HTTP/1.1\r\nHost: x\r\n"
+            f"x-access-key: {ACCESS}\r\n\r\n"
+        ).encode()
+        for _ in range(2):  # two requests on one connection
+            conn.sendall(request)
+            raw = b""
+            while b"\r\n\r\n" not in raw:
+                raw += conn.recv(65536)
+            head, _, body = raw.partition(b"\r\n\r\n")
+            length = int(re.search(rb"Content-Length: (\d+)", head).group(1))
+            while len(body) < length:
+                body += conn.recv(65536)
+            assert head.startswith(b"HTTP/1.1 200")
+            assert b"Content-Type: application/json" in head
+            assert len(json.loads(body)["data"]) == 3
+
+
+# --- auth -------------------------------------------------------------------------------------
+def test_auth_with_access_key_in_a_header(sim: CRMSimulator) -> None:
+    url = f"{sim.base_url}/v1/customers"
+    assert requests.get(url, timeout=5).json() == {"error": "invalid api key"}
+    r = requests.get(url, params={"api_key": "wrong"}, headers={"X-Access-Key": ACCESS}, timeout=5)
+    assert r.status_code == 401
+    r = requests.get(url, params={"api_key": KEY}, timeout=5)
+    assert (r.status_code, r.json()) == (403, {"error": "invalid access key"})
+    r = requests.get(url, params={"api_key": KEY}, headers={"X-Access-Key": "nope"}, timeout=5)
+    assert r.status_code == 403
+    r = requests.get(url, params={"api_key": KEY}, headers={"x-ACCESS-key": ACCESS}, timeout=5)
+    assert r.status_code == 200  # header names are case-insensitive
+    for response in (r,):
+        assert KEY not in response.text and ACCESS not in response.text
+
+
+def test_auth_with_access_key_in_the_query() -> None:
+    with CRMSimulator(
+        COUNTS,
+        api_key=KEY,
+        access_key=ACCESS,
+        access_key_name="access_key",
+        access_key_location="query",
+    ) as s:
+        url = f"{s.base_url}/v1/leads"
+        r = requests.get(url, params={"api_key": KEY}, headers={"access_key": ACCESS}, timeout=5)
+        assert r.status_code == 403  # a header does not count in query mode
+        r = requests.get(url, params={"api_key": KEY, "access_key": "x"}, timeout=5)
+        assert r.status_code == 403 and ACCESS not in r.text
+        r = requests.get(url, params={"api_key": KEY, "access_key": ACCESS}, timeout=5)
+        assert r.status_code == 200
+        r = requests.get(url, params={"api_key": "bad", "access_key": ACCESS}, timeout=5)
+        assert r.status_code == 401
+
+
+def test_no_access_key_configured_means_no_check() -> None:
+    with CRMSimulator({"customers": 3}, api_key=KEY, access_key=None) as s:
+        r = requests.get(f"{s.base_url}/v1/customers", params={"api_key": KEY}, timeout=5)
+        assert r.status_code == 200 and len(r.json()["data"]) == 3
+
+
+# --- incremental --------------------------------------------------------------------------------
+def test_updated_since_filters_then_pages(sim: CRMSimulator, http: requests.Session) -> None:
+    records = sim.records("contacts")
+    cutoff = sorted(r["updated_at"] for r in records)[len(records) // 2]
+    expected = [r for r in records if r["updated_at"] >= cutoff]
+    got: list[dict[str, Any]] = []
+    for start in range(0, len(records), 100):
+        body = get(http, sim, "contacts", updated_since=cutoff, startIndex=start).json()
+        assert body["total"] == len(expected)
+        got.extend(body["data"])
+    assert got == expected
+    # "+00:00" works too, even when a client leaves the "+" unescaped in the query string.
+    plus = cutoff.replace("Z", "+00:00")
+    assert get(http, sim, "contacts", updated_since=plus).json()["total"] == len(expected)
+    raw = http.get(f"{sim.base_url}/v1/contacts?api_key={KEY}&updated_since={plus}", timeout=5)
+    assert raw.json()["total"] == len(expected)
+    cases = get(http, sim, "cases", updated_since=cutoff).json()
+    assert cases["total"] == sum(r["updated_at"] >= cutoff for r in sim.records("cases"))
+
+
+def test_updates_and_inserts_move_the_clock_forward(
+    sim: CRMSimulator, http: requests.Session
+) -> None:
+    newest = max(r["updated_at"] for r in sim.records("leads"))
+    before = {r["id"]: r for r in sim.records("leads")}
+    changed = sim.update_records("leads", 5)
+    assert len(set(changed)) == 5 and min(changed) < 100 < max(changed)  # spread over the ids
+    added = sim.insert_records("leads", 2)
+    assert added == [310, 311] and sim.count("leads") == 311
+    body = get(http, sim, "leads", updated_since=newest.replace("Z", ".5Z")).json()
+    assert [r["id"] for r in body["data"]] == sorted(changed) + added
+    for record in body["data"][:5]:
+        old = before[record["id"]]
+        assert record["updated_at"] > newest
+        assert sum(record[k] != old[k] for k in record) == 2  # updated_at + one ordinary field
+    # Another call touches other records, later still.
+    again = sim.update_records("leads", 5)
+    assert set(again) != set(changed)
+
+
+def test_set_field_and_add_resource(sim: CRMSimulator, http: requests.Session) -> None:
+    sim.set_field("customers", 3, "id", None)
+    sim.set_field("customers", 4, "loyalty_tier", "gold")
+    data = get(http, sim, "customers", limit=5).json()["data"]
+    assert data[2]["id"] is None and data[3]["loyalty_tier"] == "gold"
+    sim.add_resource(
+        "invoices", [{"id": i, "updated_at": "2024-06-01T00:00:00Z"} for i in range(1, 151)]
+    )
+    page = get(http, sim, "invoices", startIndex=100).json()
+    assert page["total"] == 150 and [r["id"] for r in page["data"]] == list(range(101, 151))
+    assert sim.insert_records("invoices", 1) == [151]
+
+
+# --- data ---------------------------------------------------------------------------------------
+def _decimals(value: float) -> int:
+    text = repr(value)
+    return len(text.split(".")[1]) if "." in text else 0
+
+
+def test_records_are_realistic_and_consistent() -> None:
+    sim = CRMSimulator(seed=7)  # default counts, no server needed for ground truth
+    data = {name: sim.records(name) for name in RESOURCES}
+    assert {k: len(v) for k, v in data.items()} == {
+        "customers": 1000,
+        "contacts": 3000,
+        "cases": 500,
+        "leads": 2000,
+        "opportunities": 1500,
+    }
+    n_customers, n_contacts = len(data["customers"]), len(data["contacts"])
+    money: list[float] = []
+    for c in data["customers"]:
+        assert c["created_at"] <= c["updated_at"]
+        if c["annual_revenue"] is not None:
+            money.append(c["annual_revenue"])
+    for c in data["contacts"]:
+        assert c["customer_id"] is None or 1 <= c["customer_id"] <= n_customers
+    for case in data["cases"]:
+        assert 1 <= case["customer_id"] <= n_customers
+        assert (case["closed_at"] is not None) == (case["status"] == "closed")
+        assert case["opened_at"] <= case["updated_at"]
+    for lead in data["leads"]:
+        assert 0 <= lead["score"] <= 100
+        assert lead["contact_id"] is None or (
+            lead["is_converted"] and lead["contact_id"] <= n_contacts
+        )
+    for opp in data["opportunities"]:
+        money.append(opp["amount"])
+        money.extend(item["unit_price"] for item in opp["line_items"])
+        assert (opp["is_won"] is None) == (opp["stage"] not in ("closed_won", "closed_lost"))
+        assert re.match(r"^\d{4}-\d{2}-\d{2}$", opp["expected_close_date"])
+    assert all(_decimals(m) <= 2 and 0 <= m <= 10_000_000 for m in money)
+    assert any(_decimals(m) == 2 for m in money)
+    for records in data.values():
+        assert [r["id"] for r in records] == list(range(1, len(records) + 1))
+        assert all(TS_RE.match(r["updated_at"]) for r in records)
+    emails = [c["email"] for c in data["customers"]]
+    assert 0.05 < emails.count(None) / len(emails) < 0.3
+    names = {c["last_name"] for c in data["contacts"]}
+    assert {"Müller", "山田", "Ñúñez"} <= names
+    no_customers = CRMSimulator({"customers": 0, "cases": 5, "opportunities": 5})
+    assert all(r["customer_id"] is None for r in no_customers.records("cases"))
+
+
+def test_same_seed_same_bytes_different_seed_different() -> None:
+    small = {name: 40 for name in RESOURCES}
+    bodies: list[list[bytes]] = []
+    for seed in (5, 5, 6):
+        with CRMSimulator(small, api_key=KEY, access_key=None, seed=seed) as s:
+            bodies.append(
+                [
+                    requests.get(f"{s.base_url}/v1/{r}", params={"api_key": KEY}, timeout=5).content
+                    for r in RESOURCES
+                ]
+            )
+    assert bodies[0] == bodies[1]
+    assert all(a != b for a, b in zip(bodies[0], bodies[2], strict=True))
+
+
+# --- faults -------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "kind,status", [("429", 429), ("500", 500), ("502", 502), ("503", 503), ("504", 504)]
+)
+def test_http_error_faults(
+    sim: CRMSimulator, http: requests.Session, kind: str, status: int
+) -> None:
+    sim.faults = Faults(**{f"rate_{kind}": 1.0})
+    r = get(http, sim, "customers")
+    assert r.status_code == status and "error" in r.json()
+    if status == 429:
+        assert r.headers["Retry-After"] == "0.05"  # the default retry_after
+    assert sim.faults_injected()[kind] == 1
+    assert sim.requests("customers")[-1].fault == kind
+
+
+def test_payload_faults(sim: CRMSimulator, http: requests.Session) -> None:
+    sim.faults = Faults(rate_not_json=1.0)
+    r = get(http, sim, "leads")
+    assert r.status_code == 200
+    with pytest.raises(ValueError):
+        r.json()
+    sim.faults = Faults(rate_no_data=1.0)
+    assert "data" not in get(http, sim, "leads").json()
+    sim.faults = Faults(rate_data_not_list=1.0)
+    assert isinstance(get(http, sim, "leads").json()["data"], dict)
+    sim.faults = Faults(rate_no_total=1.0)
+    body = get(http, sim, "leads").json()
+    assert "total" not in body and len(body["data"]) == 100
+    sim.faults = Faults(omit_total=True)
+    assert "total" not in get(http, sim, "cases").json()
+    counts = sim.faults_injected()
+    assert (
+        counts["not_json"],
+        counts["no_data"],
+        counts["data_not_list"],
+        counts["no_total"],
+        counts["omit_total"],
+    ) == (1, 1, 1, 1, 1)
+
+
+def test_drop_and_slow_faults(sim: CRMSimulator, http: requests.Session) -> None:
+    sim.faults = Faults(rate_drop=1.0, max_faults=1)
+    with pytest.raises(
+        (requests.exceptions.ChunkedEncodingError, requests.exceptions.ConnectionError)
+    ):
+        get(http, sim, "contacts")
+    assert get(http, sim, "contacts").status_code == 200  # budget spent: back to normal
+    sim.faults = Faults(rate_slow=1.0, slow_seconds=0.3)
+    started = time.monotonic()
+    assert get(http, sim, "contacts").status_code == 200
+    assert time.monotonic() - started >= 0.3
+    assert sim.faults_injected()["drop"] == 1 and sim.faults_injected()["slow"] == 1
+
+
+def test_fault_rates_seed_scope_and_budget(sim: CRMSimulator, http: requests.Session) -> None:
+    def statuses() -> list[int]:
+        return [get(http, sim, "opportunities").status_code for _ in range(200)]
+
+    sim.faults = Faults(seed=11, rate_503=0.25)
+    first = statuses()
+    sim.faults = Faults(seed=11, rate_503=0.25)  # a new Faults object restarts the RNG
+    assert statuses() == first
+    assert 30 <= first.count(503) <= 70
+    sim.faults = Faults(rate_500=1.0, only_resources=("leads",), max_faults=2)
+    assert get(http, sim, "customers").status_code == 200
+    assert [get(http, sim, "leads").status_code for _ in range(3)] == [500, 500, 200]
+
+
+def test_insert_during_paging(sim: CRMSimulator, http: requests.Session) -> None:
+    sim.faults = Faults(insert_during_paging=3)
+    first = get(http, sim, "customers", startIndex=0).json()
+    second = get(http, sim, "customers", startIndex=100).json()
+    assert (first["total"], second["total"]) == (250, 253)
+    assert sim.count("customers") == 256
+    newest = sim.records("customers")[-1]
+    assert newest["id"] == 256 and newest["updated_at"] > "2025-01-01"
+    assert sim.faults_injected()["inserted"] == 6
+
+
+# --- rate limit ---------------------------------------------------------------------------------
+def test_rate_limit_429_with_retry_after_and_a_paced_client_never_sees_one(
+    sim: CRMSimulator, http: requests.Session
+) -> None:
+    sim.rate_limit = 5  # burst 1
+    responses = [get(http, sim, "leads") for _ in range(5)]
+    assert responses[0].status_code == 200
+    limited = [r for r in responses if r.status_code == 429]
+    assert limited, "back-to-back requests above the limit must be refused"
+    retry = float(limited[0].headers["Retry-After"])
+    assert 0.01 <= retry <= 0.2
+    time.sleep(retry)
+    assert get(http, sim, "leads").status_code == 200
+    log = sim.requests("leads")
+    assert {e.fault for e in log if e.status == 429} == {"rate_limited"}
+    assert sim.faults_injected()["rate_limited"] == len(limited)
+
+    sim.rate_limit = 40  # a new limit starts with a full bucket
+    interval = 1 / 40
+    due = time.monotonic()
+    codes = []
+    for _ in range(40):  # one second at the limit; a late request is not made up for
+        time.sleep(max(0.0, due - time.monotonic()))
+        codes.append(get(http, sim, "leads").status_code)
+        due = max(due + interval, time.monotonic())
+    assert codes == [200] * 40
+
+
+# --- request log --------------------------------------------------------------------------------
+def test_request_log_holds_no_secrets() -> None:
+    with CRMSimulator(
+        COUNTS, api_key=KEY, access_key=ACCESS, access_key_name="ak", access_key_location="query"
+    ) as s:
+        url = f"{s.base_url}/v1/customers"
+        requests.get(url, params={"api_key": KEY, "ak": ACCESS, "limit": 7}, timeout=5)
+        requests.get(url, params={"api_key": "typo-" + KEY, "ak": ACCESS}, timeout=5)
+        log = s.requests()
+        assert [(e.method, e.path, e.status) for e in log] == [
+            ("GET", "/v1/customers", 200),
+            ("GET", "/v1/customers", 401),
+        ]
+        assert log[0].params == {"api_key": "***", "ak": "***", "limit": "7"}
+        assert KEY not in repr(log) and ACCESS not in repr(log)
+        s.reset_requests()
+        assert s.requests() == []
+
+
+# --- CLI ----------------------------------------------------------------------------------------
+def _cli(*args: str, **kwargs: Any) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "CRM_API_KEY": KEY, "CRM_ACCESS_KEY": ACCESS}
+    return subprocess.Popen(
+        [sys.executable, "-m", "crm_assets.simulator", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
+
+
+def test_cli_serves_until_sigterm_and_reports_a_busy_port(tmp_path: Path) -> None:
+    # Both processes start at once: most of their start-up is importing the package.
+    ready = tmp_path / "url"
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        refused = _cli("--port", str(port))
+        proc = _cli(
+            "--port", "0", "--count", "customers=12", "--scale", "0.01", "--ready-file", str(ready)
+        )
+        try:
+            assert proc.stdout is not None
+            line = proc.stdout.readline().strip()
+            base = ready.read_text().strip()
+            assert line == (
+                f"CRM simulator listening on {base} (customers=12, contacts=30, "
+                "cases=5, leads=20, opportunities=15)"
+            )
+            r = requests.get(
+                f"{base}/v1/customers",
+                params={"api_key": KEY},
+                headers={"X-Access-Key": ACCESS},
+                timeout=5,
+            )
+            assert r.json()["total"] == 12
+            proc.send_signal(signal.SIGTERM)
+            out, err = proc.communicate(timeout=20)
+            refused_out, refused_err = refused.communicate(timeout=60)
+        finally:
+            proc.kill()
+            refused.kill()
+    assert proc.returncode == 0
+    assert out == "" and KEY not in err and ACCESS not in err
+    assert not ready.exists()
+    assert refused.returncode == 2
+    assert refused_err == (
+        f"crm-simulator: port {port} is in use; pick another with --port "
+        "(or --port 0 for a free one)\n"
+    )
+    assert refused_out == ""
