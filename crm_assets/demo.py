@@ -79,7 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  {'table':<16}{'rows':>10}{'in CRM':>10}")
     for name, rows in warehouse_summary(duckdb_path):
         print(f"  {'crm.' + name:<16}{rows:>10,}{expected[name]:>10,}")
-    print(f'\nQuery it: duckdb {duckdb_path} "SELECT * FROM crm.customers LIMIT 5"')
+    print(
+        '\nQuery it:\n  .venv/bin/python -c "import duckdb; print(duckdb.connect('
+        f"'{duckdb_path}', read_only=True).sql('SELECT * FROM crm.customers LIMIT 5'))\""
+    )
     return 0
 
 

@@ -37,6 +37,17 @@ _ARROW_TYPES: dict[str, pa.DataType] = {
 }
 
 
+# What Arrow raises when a value does not fit the declared type of its column.
+_CONVERSION_ERRORS = (
+    pa.ArrowInvalid,
+    pa.ArrowTypeError,
+    pa.ArrowNotImplementedError,
+    OverflowError,
+    TypeError,
+    ValueError,
+)
+
+
 def _arrow_type(column: Mapping[str, Any]) -> pa.DataType:
     data_type = column.get("data_type", "text")
     if data_type == "decimal":
@@ -72,14 +83,7 @@ def _declared_array(values: list[Any], column: Mapping[str, Any], target: pa.Dat
 def _fits(value: Any, column: Mapping[str, Any], target: pa.DataType) -> bool:
     try:
         _declared_array([value], column, target)
-    except (
-        pa.ArrowInvalid,
-        pa.ArrowTypeError,
-        pa.ArrowNotImplementedError,
-        OverflowError,
-        TypeError,
-        ValueError,
-    ):
+    except _CONVERSION_ERRORS:
         return False
     return True
 
@@ -116,14 +120,7 @@ def records_to_table(
         values = [r.get(name) for r in records]
         try:
             arrays[name] = _declared_array(values, column, target)
-        except (
-            pa.ArrowInvalid,
-            pa.ArrowTypeError,
-            pa.ArrowNotImplementedError,
-            OverflowError,
-            TypeError,
-            ValueError,
-        ):
+        except _CONVERSION_ERRORS:
             arrays[name], arrays[f"{name}__v_text"] = _split_variant(values, column, target)
             variants.append(f"{name}__v_text")
         fields.append(pa.field(name, target, nullable=column.get("nullable", True)))

@@ -145,6 +145,11 @@ def dagster_cli(
     )
 
 
+def materialize_cli(selection: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """`dagster asset materialize -m crm_assets --select <selection>`, as a user types it."""
+    return dagster_cli("asset", "materialize", "-m", "crm_assets", "--select", selection, env=env)
+
+
 def as_api_value(value: Any, column: dict[str, Any] | None) -> Any:
     """A warehouse value written back the way the API sends it, to compare the two."""
     if value is None:

@@ -11,21 +11,13 @@ from crm_assets_tests.conftest import (
     Workspace,
     assert_same_records,
     clean_env,
-    dagster_cli,
+    materialize_cli,
 )
 
 
 def test_materialize_one_asset_from_the_cli(workspace: Workspace, simulator: CRMSimulator) -> None:
     simulator.reset_requests()
-    done = dagster_cli(
-        "asset",
-        "materialize",
-        "-m",
-        "crm_assets",
-        "--select",
-        "crm/contacts",
-        env=clean_env(**workspace.env),
-    )
+    done = materialize_cli("crm/contacts", env=clean_env(**workspace.env))
     assert done.returncode == 0, done.stderr[-3000:]
     assert workspace.count("contacts") == simulator.count("contacts")
     assert_same_records(workspace, simulator, "contacts")
@@ -36,15 +28,7 @@ def test_materialize_one_asset_from_the_cli(workspace: Workspace, simulator: CRM
 
 def test_materialize_all_from_the_cli_twice(workspace: Workspace, simulator: CRMSimulator) -> None:
     for _ in range(2):
-        done = dagster_cli(
-            "asset",
-            "materialize",
-            "-m",
-            "crm_assets",
-            "--select",
-            "*",
-            env=clean_env(**workspace.env),
-        )
+        done = materialize_cli("*", env=clean_env(**workspace.env))
         assert done.returncode == 0, done.stderr[-3000:]
         for name in ("customers", "contacts", "cases", "leads", "opportunities"):
             assert workspace.count(name) == simulator.count(name)
@@ -55,7 +39,7 @@ def test_cli_without_secrets_names_the_missing_variable(
 ) -> None:
     env = clean_env(**workspace.env)
     del env["CRM_ACCESS_KEY"]
-    done = dagster_cli("asset", "materialize", "-m", "crm_assets", "--select", "*", env=env)
+    done = materialize_cli("*", env=env)
     assert done.returncode != 0
     assert 'environment variable "CRM_ACCESS_KEY" which is not set' in done.stderr
     assert not workspace.duckdb_path.exists()
