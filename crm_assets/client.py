@@ -371,8 +371,12 @@ class CRMClient:
                 break
             wait = self.policy.backoff(attempt, self._rng)
             if outcome.retry_after is not None:
-                # Honour the server's own figure, with a little jitter so workers spread out.
-                wait = outcome.retry_after * (1 + self._rng.uniform(0, 0.1))
+                # Honour the server's own figure, with a little jitter so workers spread out, but
+                # never beyond CRM_REQUEST_MAX_BACKOFF: a server asking for an hour would
+                # otherwise hang the run with no bound the user can set.
+                wait = min(outcome.retry_after, self.policy.backoff_max) * (
+                    1 + self._rng.uniform(0, 0.1)
+                )
                 with self._pause_lock:
                     self._resume_at = max(self._resume_at, time.monotonic() + wait)
             stats.retries += 1
@@ -415,8 +419,17 @@ class CRMClient:
             return data
 
         if paginator is None:
-            records = select(self.get(resource, path, base, selector))
+            body = self.get(resource, path, base, selector)
+            records = select(body)
             stats.total = stats.first_total = len(records)
+            announced = body.get("total") if isinstance(body, dict) else None
+            if isinstance(announced, int) and announced > len(records):
+                # The config says one page, the API says there is more: load what came, and
+                # say plainly that the endpoint needs a paginator in api.py.
+                self.log.warning(
+                    f"{resource}: GET {path} returned {len(records)} of {announced} records on "
+                    "its one page; give this resource a paginator in CRM_API to load the rest"
+                )
             yield records
             return
         if paginator.get("type") != "offset":

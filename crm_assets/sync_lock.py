@@ -20,6 +20,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+from dagster import Failure
 from dlt.common.pipeline import get_dlt_pipelines_dir
 
 from crm_assets.client import CRMConfigError, CRMError, Log
@@ -30,8 +31,13 @@ DEFAULT_LOCK_TIMEOUT_S = 3600.0
 _POLL_S = 0.2
 
 
-class SyncLockTimeout(CRMError):
-    """Another sync kept the warehouse for longer than this run was willing to wait."""
+class SyncLockTimeout(CRMError, Failure):
+    """Another sync kept the warehouse for longer than this run was willing to wait. A Dagster
+    `Failure`, so the step fails with this one line rather than a wrapped stack trace."""
+
+    def __init__(self, message: str) -> None:
+        CRMError.__init__(self, message)
+        Failure.__init__(self, description=message, allow_retries=False)
 
 
 def lock_timeout() -> float:
