@@ -1,0 +1,99 @@
+"""Layer 2: the dlt source alone (no Dagster) against the simulator, into a DuckDB file."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+
+import dlt
+import pyarrow as pa
+import pytest
+
+from crm_assets.api import CRM_API, CRM_COLUMNS, resource_names
+from crm_assets.client import CRMClient, CRMConnection
+from crm_assets.simulator import CRMSimulator
+from crm_assets.source import crm_source, records_to_table
+from crm_assets_tests.conftest import ACCESS_KEY, API_KEY, Workspace, assert_same_records
+
+
+def run_source(simulator: CRMSimulator, root: Path, config=CRM_API, log=None):
+    connection = CRMConnection(simulator.base_url, API_KEY, ACCESS_KEY)
+    pipeline = dlt.pipeline(
+        "source_test",
+        destination=dlt.destinations.duckdb(str(root / "warehouse.duckdb")),
+        dataset_name="crm",
+        pipelines_dir=str(root / "pipelines"),
+    )
+    with CRMClient(connection, log=log) as client:
+        info = pipeline.run(crm_source(client, config), loader_file_format="parquet")
+    return info, client
+
+
+def test_source_loads_every_record_with_declared_types(
+    tmp_path: Path, simulator: CRMSimulator
+) -> None:
+    info, client = run_source(simulator, tmp_path)
+    assert not info.has_failed_jobs
+    ws = Workspace(tmp_path, tmp_path / "warehouse.duckdb", tmp_path / "pipelines", tmp_path, {})
+    for name in resource_names():
+        assert_same_records(ws, simulator, name)
+        assert client.stats[name].records == simulator.count(name)
+    types = ws.column_types("opportunities")
+    assert types["amount"] == "DECIMAL(18,2)"
+    assert types["created_at"] == "TIMESTAMP WITH TIME ZONE"
+    assert types["expected_close_date"] == "DATE"
+    assert types["is_won"] == "BOOLEAN"
+    assert types["line_items"] == "JSON"
+    assert types["probability"] == "BIGINT"
+
+
+def test_records_to_table_keeps_undeclared_fields_and_splits_misfits() -> None:
+    columns = CRM_COLUMNS["customers"]
+    records = [
+        {
+            "id": 1,
+            "name": "Zoë",
+            "is_active": True,
+            "annual_revenue": 10.5,
+            "created_at": "2024-01-01T00:00:00Z",
+            "updated_at": "2024-01-02T00:00:00Z",
+            "address": {"city": "Kraków"},
+            "tags": ["a"],
+            "loyalty": {"tier": "gold"},
+        },
+        {
+            "id": 2,
+            "name": "Ann",
+            "is_active": False,
+            "annual_revenue": "n/a",
+            "created_at": "2024-01-01T00:00:00Z",
+            "updated_at": "2024-01-02T00:00:00Z",
+            "tags": [],
+            "nickname": "A",
+        },
+    ]
+    table, variants = records_to_table(records, columns)
+    assert variants == ["annual_revenue__v_text"]
+    assert table["annual_revenue"].to_pylist()[1] is None
+    assert table["annual_revenue__v_text"].to_pylist() == [None, "n/a"]
+    assert table.schema.field("created_at").type == pa.timestamp("us", tz="UTC")
+    assert table["loyalty"].to_pylist() == ['{"tier":"gold"}', None]
+    assert table["nickname"].to_pylist() == [None, "A"]
+    assert table["address"].to_pylist() == ['{"city":"Kraków"}', None]
+
+
+def test_one_page_endpoint_that_has_more_says_so(
+    tmp_path: Path, simulator: CRMSimulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    # An endpoint configured without a paginator whose API pages anyway: what came is loaded
+    # and the log says the config needs a paginator.
+    simulator.add_resource("notes", [{"id": i, "body": f"note {i}"} for i in range(1, 251)])
+    config = copy.deepcopy(CRM_API)
+    config["resources"] = [
+        {"name": "notes", "endpoint": {"path": "/v1/notes", "data_selector": "data"}}
+    ]
+    with caplog.at_level(logging.WARNING, logger="crm_assets"):
+        info, _ = run_source(simulator, tmp_path, config, logging.getLogger("crm_assets"))
+    assert not info.has_failed_jobs
+    assert "notes: GET /v1/notes returned 100 of 250 records on its one page" in caplog.text
