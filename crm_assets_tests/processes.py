@@ -182,8 +182,12 @@ class Webserver:
         response = requests.post(
             f"{self.url}/graphql", json={"query": query, "variables": variables}, timeout=30
         )
-        response.raise_for_status()
-        body = response.json()
+        # A mutation that fails with a PythonError comes back as HTTP 500 with a body.
+        try:
+            body = response.json()
+        except ValueError:
+            response.raise_for_status()
+            raise
         assert "errors" not in body, body["errors"]
         return body["data"]
 
@@ -197,11 +201,11 @@ class Webserver:
                 return True
         return False
 
-    def launch_assets(
+    def try_launch_assets(
         self, keys: Sequence[Sequence[str]], run_config: Mapping[str, Any] | None = None
-    ) -> str:
+    ) -> dict[str, Any]:
         """Launch a run of `keys` as the UI's "Materialize" button does: the implicit asset job
-        with an asset selection. Returns the run id."""
+        with an asset selection. Returns the `launchRun` result, success or not."""
         params = {
             "selector": {
                 "repositoryLocationName": LOCATION,
@@ -213,7 +217,13 @@ class Webserver:
             "runConfigData": dict(run_config or {}),
             "mode": "default",
         }
-        result = self.graphql(LAUNCH_RUN, executionParams=params)["launchRun"]
+        return self.graphql(LAUNCH_RUN, executionParams=params)["launchRun"]
+
+    def launch_assets(
+        self, keys: Sequence[Sequence[str]], run_config: Mapping[str, Any] | None = None
+    ) -> str:
+        """Launch a run of `keys` (see `try_launch_assets`); returns the run id."""
+        result = self.try_launch_assets(keys, run_config)
         assert result["__typename"] == "LaunchRunSuccess", result
         return result["run"]["runId"]
 
