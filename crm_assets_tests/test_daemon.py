@@ -14,6 +14,7 @@ import time
 from dagster import AssetKey, DagsterInstance, DagsterRunStatus, RunsFilter
 from dagster._core.definitions.freshness import FreshnessState
 
+import crm_assets
 from crm_assets.api import resource_names
 from crm_assets.simulator import CRMSimulator
 from crm_assets_tests.conftest import Workspace, assert_same_records, clean_env, dagster_cli
@@ -44,6 +45,14 @@ def test_daemon_runs_the_schedule_and_flags_stale_assets(
         FRESHNESS_DAEMON_INTERVAL_SECONDS="5",
     )
     instance = DagsterInstance.get()  # the workspace's DAGSTER_HOME, as the daemon sees it
+    # Other schedules (the hourly checks) stay out of the way: their runs would read the
+    # warehouse while this test writes it.
+    for schedule in crm_assets.defs.schedules or []:
+        if schedule.name != "crm_sync_schedule":
+            stopped = dagster_cli(
+                "schedule", "stop", schedule.name, "-w", "workspace.yaml", env=env, timeout=120
+            )
+            assert stopped.returncode == 0, stopped.stdout + stopped.stderr
     with dagster_stack(env, workspace.root / "logs", with_webserver=False):
         # 1. The schedule's next tick (at most a minute away) launches a run that succeeds.
         def scheduled_run_done():
