@@ -4,6 +4,8 @@ The assets are defined from a source without credentials (import reads no secret
 the real source from the `CRMCredentials` resource and hands it to `DagsterDltResource.run`.
 """
 
+import json
+import os
 import time
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -39,6 +41,16 @@ from crm_assets.sync_lock import exclusive_sync
 
 KEY_PREFIX = "crm"
 LOADER_FILE_FORMAT = "parquet"  # flat memory and fast DuckDB loads (see the README)
+# DuckDB's buffer pool may take 80% of RAM by default, so the merge made a run's RSS grow with
+# the record count (1.3 GB at 2,000,000 records); capped, DuckDB spills to its temp folder
+# instead (0.68 GB, same load time). Applied only where the user has not configured DuckDB.
+DUCKDB_CONFIG_ENV = "DESTINATION__DUCKDB__CREDENTIALS__GLOBAL_CONFIG"
+DUCKDB_GLOBAL_CONFIG = {"memory_limit": "256MB", "preserve_insertion_order": False, "threads": 1}
+
+
+def bound_duckdb_memory() -> None:
+    """Give dlt's DuckDB connections a memory cap unless the user configured their own."""
+    os.environ.setdefault(DUCKDB_CONFIG_ENV, json.dumps(DUCKDB_GLOBAL_CONFIG))
 
 
 def asset_key(resource: str) -> AssetKey:
@@ -171,6 +183,7 @@ def build_crm_assets(
         # pool settings: concurrent dlt runs corrupt each other's state (see exclusive_sync).
         with exclusive_sync(crm_warehouse, context.log):
             started = time.monotonic()
+            bound_duckdb_memory()
             pipeline = crm_warehouse.pipeline()
             with CRMClient(
                 crm_credentials.connection(), RequestPolicy.from_env(), log=context.log
