@@ -26,6 +26,7 @@ from dlt.destinations.exceptions import DatabaseUndefinedRelation
 from crm_assets.api import CRM_API
 from crm_assets.assets import asset_key
 from crm_assets.resources import CRMWarehouse
+from crm_assets.sync_lock import exclusive_sync
 
 PRIMARY_KEY = "primary_key"
 ROW_COUNT = "row_count"
@@ -267,20 +268,34 @@ def build_crm_checks(
     def crm_quality_checks(
         context: AssetCheckExecutionContext, crm_warehouse: CRMWarehouse
     ) -> Iterator[AssetCheckResult]:
-        db = _Warehouse(crm_warehouse)
-        selected: set[AssetCheckKey] = set(context.selected_asset_check_keys)
-        for check_key in sorted(selected, key=lambda k: (k.asset_key.to_user_string(), k.name)):
-            key, name = check_key.asset_key, check_key.name
-            table = key.path[-1]
-            if name == PRIMARY_KEY:
-                yield _primary_key(db, context, key, table, resources[table].get("primary_key", pk))
-            elif name == ROW_COUNT:
-                yield _row_count(db, key, table)
-            elif name == REFERENCES:
-                yield _references(db, key, table, resources[table]["references"])
-            elif name == SCHEMA_DRIFT:
-                yield _schema_drift(context, key, table)
-            elif name == FRESHNESS and freshness is not None:
-                yield _freshness(context, key, freshness)
+        # The checks read the pipeline folder and the DuckDB file a sync writes: they wait for
+        # a sync in progress rather than fail on DuckDB's single-writer lock.
+        with exclusive_sync(crm_warehouse, context.log):
+            db = _Warehouse(crm_warehouse)
+            results = [
+                evaluate(db, context, key)
+                for key in sorted(
+                    context.selected_asset_check_keys,
+                    key=lambda k: (k.asset_key.to_user_string(), k.name),
+                )
+            ]
+        yield from (r for r in results if r is not None)
+
+    def evaluate(
+        db: _Warehouse, context: AssetCheckExecutionContext, check_key: AssetCheckKey
+    ) -> AssetCheckResult | None:
+        key, name = check_key.asset_key, check_key.name
+        table = key.path[-1]
+        if name == PRIMARY_KEY:
+            return _primary_key(db, context, key, table, resources[table].get("primary_key", pk))
+        if name == ROW_COUNT:
+            return _row_count(db, key, table)
+        if name == REFERENCES:
+            return _references(db, key, table, resources[table]["references"])
+        if name == SCHEMA_DRIFT:
+            return _schema_drift(context, key, table)
+        if name == FRESHNESS and freshness is not None:
+            return _freshness(context, key, freshness)
+        return None
 
     return crm_quality_checks
