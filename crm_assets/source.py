@@ -123,8 +123,11 @@ def records_to_table(
         except _CONVERSION_ERRORS:
             arrays[name], arrays[f"{name}__v_text"] = _split_variant(values, column, target)
             variants.append(f"{name}__v_text")
-        fields.append(pa.field(name, target, nullable=column.get("nullable", True)))
-        if variants and variants[-1] == f"{name}__v_text":
+        # A value moved to the variant column leaves a null behind, even in a required column.
+        drifted = bool(variants) and variants[-1] == f"{name}__v_text"
+        nullable = column.get("nullable", True) or drifted
+        fields.append(pa.field(name, target, nullable=nullable))
+        if drifted:
             fields.append(pa.field(variants[-1], pa.string()))
     extra: dict[str, None] = {}
     declared = columns.keys()
@@ -281,6 +284,18 @@ def _progress(name: str, stats: ResourceStats) -> str:
     return f"{name}: {stats.pages:,} pages, {stats.records:,}{of_total} records fetched"
 
 
+def _load_hints(
+    columns: Mapping[str, Mapping[str, Any]], primary_key: str | None
+) -> dict[str, dict[str, Any]]:
+    """The declared columns as dlt hints, NOT NULL only on the key. A required field whose value
+    changes type loads as null plus a variant column (and is reported) instead of failing the
+    whole load on the constraint; nulls in required fields are a data-quality finding."""
+    return {
+        name: {**column, "nullable": column.get("nullable", True) or name != primary_key}
+        for name, column in columns.items()
+    }
+
+
 def crm_source(
     client: CRMClient | None = None,
     config: Mapping[str, Any] = CRM_API,
@@ -313,7 +328,7 @@ def crm_source(
                 name=name,
                 primary_key=spec.get("primary_key"),
                 write_disposition=spec.get("write_disposition", "append"),
-                columns=dict(columns),
+                columns=_load_hints(columns, spec.get("primary_key")),
                 references=spec.get("references"),
                 parallelized=True,
             )

@@ -1,0 +1,361 @@
+"""Faults: transient ones are retried until every record is loaded exactly once; permanent ones
+fail fast with one line and leave the warehouse as it was; schema drift loads and is reported."""
+
+from __future__ import annotations
+
+import re
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from crm_assets.api import CRM_API, resource_names
+from crm_assets.client import CRMAPIError, CRMClient, CRMConnection, RequestPolicy
+from crm_assets.simulator import CRMSimulator, Faults
+from crm_assets_tests.conftest import (
+    ACCESS_KEY,
+    API_KEY,
+    SMALL_COUNTS,
+    Workspace,
+    assert_same_records,
+)
+from crm_assets_tests.fault_drill import format_table, run_drill
+from crm_assets_tests.fault_support import (
+    TRANSIENT_KINDS,
+    cli_env,
+    count_secrets,
+    duplicates,
+    leak_report,
+    materialize_all,
+    materialized_metadata,
+    open_instance,
+    run_cli,
+    step_failure_message,
+    table_ids,
+    transient_rates,
+)
+
+SECRETS = (API_KEY, ACCESS_KEY)
+RETRY_LINE = re.compile(
+    r"^(?P<resource>\w+): (?P<kind>HTTP \d{3}[\w ]*|timeout|connection error|malformed page .*)"
+    r" on GET (?P<path>/v1/\S+); retry (?P<attempt>\d+)/(?P<of>\d+) in (?P<wait>[\d.]+) s$"
+)
+
+
+@pytest.fixture
+def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Many cheap attempts, and a read timeout the simulator's slow responses exceed."""
+    monkeypatch.setenv("CRM_REQUEST_MAX_ATTEMPTS", "12")
+    monkeypatch.setenv("CRM_REQUEST_TIMEOUT", "0.3")
+
+
+class ListLog:
+    """A logger for the client that keeps its lines."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def info(self, msg: str, *args: object) -> None:
+        self.lines.append(msg)
+
+    def warning(self, msg: str, *args: object) -> None:
+        self.lines.append(msg)
+
+
+def user_messages(run_id: str) -> list[str]:
+    from dagster import DagsterInstance
+
+    instance = DagsterInstance.get()
+    return [e.user_message for e in instance.all_logs(run_id) if e.dagster_event is None]
+
+
+def assert_exact(workspace: Workspace, simulator: CRMSimulator) -> None:
+    for name in resource_names():
+        assert duplicates(table_ids(workspace.duckdb_path, name)) == 0
+        assert_same_records(workspace, simulator, name)
+
+
+@pytest.fixture
+def larger_simulator(
+    workspace: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[CRMSimulator]:
+    """Four times the small counts (about 60 pages), so that 30% is a fraction of many requests."""
+    counts = {name: 4 * n for name, n in SMALL_COUNTS.items()}
+    with CRMSimulator(counts, api_key=API_KEY, access_key=ACCESS_KEY) as sim:
+        monkeypatch.setenv("CRM_BASE_URL", sim.base_url)
+        yield sim
+
+
+def test_thirty_percent_transient_faults_load_every_record_exactly_once(
+    workspace: Workspace, larger_simulator: CRMSimulator, fast_retries: None
+) -> None:
+    simulator = larger_simulator
+    simulator.faults = Faults(seed=11, **transient_rates(0.3), slow_seconds=0.6)
+    result = materialize_all()
+    assert result.success
+    assert_exact(workspace, simulator)
+    injected = simulator.faults_injected()
+    served = len(simulator.requests())
+    faulted = sum(injected[k] for k in TRANSIENT_KINDS)
+    assert 0.2 * served < faulted < 0.4 * served, (faulted, served)
+    # Every fault kind was hit, on every resource (the seed makes this reproducible).
+    assert all(injected[k] > 0 for k in TRANSIENT_KINDS), injected
+    assert len({r.path for r in simulator.requests() if r.fault}) >= 4
+
+    retries = [m for m in user_messages(result.run_id) if " retry " in m]
+    parsed = [RETRY_LINE.match(m) for m in retries]
+    assert all(parsed), [m for m, p in zip(retries, parsed, strict=True) if not p]
+    # Dropped connections and slow responses are retried too (besides 429 and 5xx);
+    # the simulator's own request log agrees with the number of retries logged.
+    kinds = {p["kind"] for p in parsed if p}
+    assert {"timeout", "connection error"} <= kinds
+    assert {f"HTTP {c}" for c in (429, 500, 502, 503)} <= {k[:8] for k in kinds}
+    assert len(retries) == faulted
+    assert not any(count_secrets(m, SECRETS) for m in retries)
+    metadata = materialized_metadata(result)
+    assert sum(m["retries"].value for m in metadata.values()) == faulted
+
+
+def test_retry_after_is_honoured_within_the_configured_bound(
+    workspace: Workspace, simulator: CRMSimulator, fast_retries: None, monkeypatch
+) -> None:
+    """The wait before a 429's retry is the server's Retry-After, capped by
+    CRM_REQUEST_MAX_BACKOFF (0.5 s here); the logged waits show both."""
+    monkeypatch.setenv("CRM_REQUEST_MAX_BACKOFF", "0.5")
+    simulator.faults = Faults(seed=5, rate_429=0.3, retry_after=0.3)
+    result = materialize_all()
+    assert result.success
+    waits = [
+        float(p["wait"])
+        for p in map(RETRY_LINE.match, user_messages(result.run_id))
+        if p and p["kind"].startswith("HTTP 429")
+    ]
+    assert waits and all(0.3 <= w <= 0.3 * 1.1 for w in waits), waits
+
+    # A server asking for an hour is retried after the configured bound instead. (The client
+    # directly: a second sync would be incremental and send too few requests to meet a 429.)
+    log = ListLog()
+    policy = RequestPolicy(max_attempts=12, backoff_base=0.01, backoff_max=0.5)
+    faults = Faults(seed=5, rate_429=0.3, retry_after=3600)
+    with CRMSimulator(
+        {"contacts": 2000}, api_key=API_KEY, access_key=ACCESS_KEY, faults=faults
+    ) as many_pages:
+        connection = CRMConnection(many_pages.base_url, API_KEY, ACCESS_KEY)
+        with CRMClient(connection, policy, log=log) as client:
+            endpoint = next(r for r in CRM_API["resources"] if r["name"] == "contacts")
+            pages = list(client.iter_pages("contacts", endpoint["endpoint"]))
+        assert sum(len(p) for p in pages) == 2000
+    waits = [
+        float(p["wait"])
+        for p in map(RETRY_LINE.match, log.lines)
+        if p and p["kind"].startswith("HTTP 429")
+    ]
+    assert waits and all(0.5 <= w <= 0.5 * 1.1 for w in waits), log.lines
+    assert_exact(workspace, simulator)
+
+
+def test_malformed_pages_and_missing_totals_are_retried_or_paged_around(
+    workspace: Workspace, simulator: CRMSimulator, fast_retries: None
+) -> None:
+    simulator.faults = Faults(
+        seed=13, rate_not_json=0.1, rate_no_data=0.1, rate_data_not_list=0.1, rate_no_total=0.2
+    )
+    assert materialize_all().success
+    injected = simulator.faults_injected()
+    assert all(injected[k] > 0 for k in ("not_json", "no_data", "data_not_list", "no_total"))
+    assert_exact(workspace, simulator)
+
+
+def test_a_server_that_never_sends_total_is_paged_to_the_empty_page(
+    workspace: Workspace, simulator: CRMSimulator
+) -> None:
+    simulator.faults = Faults(omit_total=True)
+    assert materialize_all().success
+    assert simulator.faults_injected()["omit_total"] > 0
+    assert_exact(workspace, simulator)
+
+
+def test_records_inserted_while_paging_are_loaded_once_and_caught_up_next_run(
+    workspace: Workspace, simulator: CRMSimulator, fast_retries: None
+) -> None:
+    at_start = {name: simulator.count(name) for name in resource_names()}
+    simulator.faults = Faults(seed=17, insert_during_paging=3, **transient_rates(0.2))
+    assert materialize_all().success
+    assert simulator.faults_injected()["inserted"] > 0
+    for name in resource_names():
+        ids = table_ids(workspace.duckdb_path, name)
+        assert duplicates(ids) == 0
+        served = [r["id"] for r in simulator.records(name)]
+        # Everything that existed when the sync began, and only records the CRM has.
+        assert set(range(1, at_start[name] + 1)) <= set(ids) <= set(served)
+    simulator.faults = Faults()
+    assert materialize_all().success
+    assert_exact(workspace, simulator)
+
+
+# -- permanent failures ----------------------------------------------------------------------
+
+
+def _snapshot(workspace: Workspace) -> dict[str, list[dict]]:
+    return {name: workspace.rows(name) for name in resource_names()}
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("401", "HTTP 401 Unauthorized from GET /v1/{r}"),
+        ("403", "HTTP 403 Forbidden from GET /v1/{r}"),
+        ("refused", "connection refused from GET /v1/{r}"),
+        ("not_json", "malformed page (not JSON) from GET /v1/{r}"),
+    ],
+)
+def test_permanent_failure_fails_fast_in_one_line_and_keeps_the_last_good_state(
+    workspace: Workspace,
+    simulator: CRMSimulator,
+    fast_retries: None,
+    monkeypatch: pytest.MonkeyPatch,
+    case: str,
+    expected: str,
+) -> None:
+    assert materialize_all().success
+    before = _snapshot(workspace)
+    simulator.update_records("customers", 5)  # a change the failed run must not half-apply
+    simulator.reset_requests()
+    if case == "401":
+        monkeypatch.setenv("CRM_API_KEY", "wrong-" + API_KEY)
+    elif case == "403":
+        monkeypatch.setenv("CRM_ACCESS_KEY", "wrong-" + ACCESS_KEY)
+    elif case == "refused":
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        monkeypatch.setenv("CRM_BASE_URL", f"http://127.0.0.1:{port}")
+    else:
+        simulator.faults = Faults(seed=1, rate_not_json=1.0)
+    result = materialize_all()
+    assert not result.success
+    message = step_failure_message(result)
+    assert "\n" not in message.strip()
+    assert message.startswith("dagster._core.definitions.events.Failure: 5 of 5 CRM resources")
+    for name in resource_names():
+        assert expected.format(r=name) in message
+    assert count_secrets(message, SECRETS) == 0
+    assert "<html" not in message.lower() and "@" not in message  # no body, no customer data
+    requests = simulator.requests()
+    if case in ("401", "403"):
+        assert len(requests) == len(resource_names())  # one attempt each: no retries
+    elif case == "not_json":
+        assert len(requests) == 12 * len(resource_names())  # the bounded attempts, no more
+    assert _snapshot(workspace) == before
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "expected"),
+    [
+        ("/v1/no-such-thing", {}, "customers: HTTP 404 Not Found from GET /v1/no-such-thing"),
+        (
+            "/v1/customers",
+            {"startIndex": "-1"},
+            "customers: HTTP 400 Bad Request from GET /v1/customers?startIndex=-1",
+        ),
+    ],
+)
+def test_404_and_400_are_not_retried_and_name_resource_status_and_path(
+    simulator: CRMSimulator, path: str, params: dict, expected: str
+) -> None:
+    connection = CRMConnection(simulator.base_url, API_KEY, ACCESS_KEY)
+    simulator.reset_requests()
+    policy = RequestPolicy(max_attempts=5, backoff_base=0.01)
+    with CRMClient(connection, policy) as client, pytest.raises(CRMAPIError) as raised:
+        client.get("customers", path, params, "data")
+    assert str(raised.value) == expected
+    assert raised.value.__cause__ is None and raised.value.__context__ is None
+    assert len(simulator.requests()) == 1
+
+
+# -- schema drift --------------------------------------------------------------------------
+
+
+def test_new_field_becomes_a_nullable_column_and_type_change_goes_to_a_variant(
+    workspace: Workspace, simulator: CRMSimulator
+) -> None:
+    assert materialize_all().success
+    simulator.set_field("customers", 3, "loyalty_tier", "gold")
+    simulator.set_field("opportunities", 7, "amount", "n/a")
+    simulator.set_field("leads", 9, "score", {"value": 80})
+    # Changed records carry a newer updated_at, so the incremental sync fetches them.
+    for resource, record_id in (("customers", 3), ("opportunities", 7), ("leads", 9)):
+        simulator.set_field(resource, record_id, "updated_at", "2026-11-28T00:00:00Z")
+    result = materialize_all()
+    assert result.success
+    columns = workspace.column_types("customers")
+    assert columns["loyalty_tier"] == "VARCHAR"
+    tiers = {r["id"]: r["loyalty_tier"] for r in workspace.rows("customers")}
+    assert tiers[3] == "gold" and sum(v is not None for v in tiers.values()) == 1
+    opportunities = {r["id"]: r for r in workspace.rows("opportunities")}
+    assert opportunities[7]["amount"] is None and opportunities[7]["amount__v_text"] == "n/a"
+    assert sum(r["amount__v_text"] is not None for r in opportunities.values()) == 1
+    leads = {r["id"]: r for r in workspace.rows("leads")}
+    assert leads[9]["score__v_text"] == '{"value":80}'
+    metadata = materialized_metadata(result)
+    assert "amount__v_text" in metadata["opportunities"]["schema_drift"].value
+    assert "score__v_text" in metadata["leads"]["schema_drift"].value
+    # The new column is in the asset's column schema; no value changed type there.
+    schema = metadata["customers"]["dagster/column_schema"].value
+    assert "loyalty_tier" in {c.name for c in schema.columns}
+    assert "schema_drift" not in metadata["customers"]
+    assert "schema_drift" not in metadata["contacts"]
+    assert workspace.count("customers") == simulator.count("customers")
+
+
+# -- through the real CLI --------------------------------------------------------------------
+
+
+def test_high_fault_sync_through_the_cli_then_401_and_refused(
+    workspace: Workspace, simulator: CRMSimulator
+) -> None:
+    """The acceptance run: half the requests fail transiently, `dagster asset materialize`
+    still loads every record once, and no secret shows up anywhere."""
+    simulator.faults = Faults(seed=23, **transient_rates(0.5), slow_seconds=1.0)
+    env = cli_env(workspace.env, CRM_REQUEST_MAX_ATTEMPTS="20")
+    done = run_cli(env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert_exact(workspace, simulator)
+    assert sum(simulator.faults_injected()[k] for k in TRANSIENT_KINDS) >= 10
+    outputs = [done.stdout + done.stderr]
+    simulator.faults = Faults()
+
+    wrong_key = run_cli({**env, "CRM_API_KEY": "wrong-" + API_KEY})
+    assert wrong_key.returncode != 0
+    assert "customers: HTTP 401 Unauthorized from GET /v1/customers" in wrong_key.stderr
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    refused = run_cli({**env, "CRM_BASE_URL": f"http://127.0.0.1:{port}"})
+    assert refused.returncode != 0
+    assert "customers: connection refused from GET /v1/customers" in refused.stderr
+    outputs += [p.stdout + p.stderr for p in (wrong_key, refused)]
+    assert_exact(workspace, simulator)
+    leaks = leak_report(
+        SECRETS,
+        output="".join(outputs),
+        dagster_home=workspace.dagster_home,
+        pipelines_dir=workspace.pipelines_dir,
+        duckdb_path=workspace.duckdb_path,
+    )
+    assert leaks.total == 0, leaks
+    with open_instance(workspace.dagster_home) as instance:
+        assert len(instance.get_runs()) == 3
+
+
+def test_fault_drill_prints_exact_counts_no_duplicates_and_no_secrets(tmp_path: Path) -> None:
+    rows = run_drill(rate=0.3, scale=0.4, seed=3, root=tmp_path, locations=("header",))
+    table = format_table(rows)
+    print(table)
+    assert len(rows) == 5
+    for row in rows:
+        assert row.expected > 0 and row.loaded == row.expected, table
+        assert row.duplicate_ids == 0 and row.secrets == 0, table
+        assert row.ok, table
+    assert sum(rows[0].faults.values()) > 0
