@@ -4,10 +4,12 @@ The assets are defined from a source without credentials (import reads no secret
 the real source from the `CRMCredentials` resource and hands it to `DagsterDltResource.run`.
 """
 
+import gc
 import json
 import os
 import time
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 from dagster import (
@@ -51,6 +53,25 @@ DUCKDB_GLOBAL_CONFIG = {"memory_limit": "256MB", "preserve_insertion_order": Fal
 def bound_duckdb_memory() -> None:
     """Give dlt's DuckDB connections a memory cap unless the user configured their own."""
     os.environ.setdefault(DUCKDB_CONFIG_ENV, json.dumps(DUCKDB_GLOBAL_CONFIG))
+
+
+@contextmanager
+def fewer_gc_passes(young_threshold: int = 10_000) -> Iterator[None]:
+    """Keep CPython's cyclic GC from re-scanning Dagster's and dlt's objects during a sync.
+
+    Decoding pages allocates millions of containers, so the collector runs hundreds of times and
+    its full passes walk every long-lived object of the process: about 2 s of CPU per 400,000
+    records (measured). Objects alive before the sync are frozen (never scanned) and young
+    collections run less often; records hold no cycles, so reference counting frees them anyway.
+    """
+    thresholds = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(max(young_threshold, thresholds[0]), *thresholds[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*thresholds)
+        gc.unfreeze()
 
 
 def asset_key(resource: str) -> AssetKey:
@@ -185,9 +206,12 @@ def build_crm_assets(
             started = time.monotonic()
             bound_duckdb_memory()
             pipeline = crm_warehouse.pipeline()
-            with CRMClient(
-                crm_credentials.connection(), RequestPolicy.from_env(), log=context.log
-            ) as client:
+            with (
+                fewer_gc_passes(),
+                CRMClient(
+                    crm_credentials.connection(), RequestPolicy.from_env(), log=context.log
+                ) as client,
+            ):
                 source = crm_source(client, api_config, full_refresh=config.full_refresh)
                 results = list(
                     dlt.run(
