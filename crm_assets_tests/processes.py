@@ -56,6 +56,8 @@ class Process:
     name: str
     popen: subprocess.Popen
     log_path: Path
+    # `dagster dev` shuts its children down on Ctrl-C; SIGTERM does not stop it promptly.
+    stop_signal: signal.Signals = signal.SIGTERM
 
     def log(self, tail: int = 6000) -> str:
         try:
@@ -68,9 +70,9 @@ class Process:
 
     def stop(self, timeout: float = 20) -> None:
         if self.popen.poll() is None:
-            # SIGTERM the whole group: dagster's code servers and run workers are children.
+            # Signal the whole group: dagster's code servers and run workers are children.
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.popen.pid, signal.SIGTERM)
+                os.killpg(self.popen.pid, self.stop_signal)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.popen.wait(timeout)
         # Whatever the leader left behind in its group goes too.
@@ -81,7 +83,12 @@ class Process:
 
 
 def start(
-    name: str, args: Sequence[str], env: Mapping[str, str], log_dir: Path, cwd: Path = REPO_ROOT
+    name: str,
+    args: Sequence[str],
+    env: Mapping[str, str],
+    log_dir: Path,
+    cwd: Path = REPO_ROOT,
+    stop_signal: signal.Signals = signal.SIGTERM,
 ) -> Process:
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
@@ -95,7 +102,7 @@ def start(
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
-    return Process(name, popen, log_path)
+    return Process(name, popen, log_path, stop_signal)
 
 
 @contextlib.contextmanager
@@ -252,6 +259,40 @@ class Webserver:
 
 def all_asset_keys() -> list[list[str]]:
     return [["crm", name] for name in resource_names()]
+
+
+def wait_until_serving(server: Webserver, process: Process, timeout: float = 120) -> None:
+    """Bounded wait for the webserver to answer and the code location to be loaded."""
+
+    def ready() -> bool:
+        if not process.alive():
+            raise AssertionError(f"{process.name} exited:\n{process.log()}")
+        return requests.get(f"{server.url}/server_info", timeout=5).ok and server.location_loaded()
+
+    try:
+        wait_for(ready, timeout, f"{process.name} to serve the code location", interval=1)
+    except TimeoutError as exc:
+        raise AssertionError(f"{exc}\n{process.log()}") from None
+
+
+@contextlib.contextmanager
+def dagster_dev(env: Mapping[str, str], log_dir: Path) -> Iterator[Webserver]:
+    """`dagster dev -w workspace.yaml`: webserver and daemon in one command, as a newcomer runs
+    the project."""
+    port = free_port()
+    dev = start(
+        "dagster-dev",
+        [str(BIN / "dagster"), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
+        env,
+        log_dir,
+        stop_signal=signal.SIGINT,
+    )
+    try:
+        server = Webserver(f"http://127.0.0.1:{port}")
+        wait_until_serving(server, dev)
+        yield server
+    finally:
+        dev.stop()
 
 
 @contextlib.contextmanager
