@@ -7,6 +7,7 @@ the real source from the `CRMCredentials` resource and hands it to `DagsterDltRe
 import gc
 import json
 import os
+import re
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -169,6 +170,31 @@ def _sync_metadata(
     return metadata
 
 
+_FAILURE = re.compile(r"^(?P<resource>[^:]+): (?P<kind>.+?) from GET (?P<path>\S+)(?P<hint>.*)$")
+
+
+def failure_summary(failures: list[str], total: int) -> str:
+    """One line for the run: resources that failed the same way share one entry, so a wrong
+    key reads once with its fix rather than five times."""
+    groups: dict[tuple[str, str], list[tuple[str, str]]] = {}
+    for failure in failures:
+        match = _FAILURE.match(failure)
+        if match is None:
+            groups.setdefault((failure, ""), []).append(("", ""))
+            continue
+        groups.setdefault((match["kind"], match["hint"]), []).append(
+            (match["resource"], match["path"])
+        )
+    parts = []
+    for (kind, hint), where in groups.items():
+        if where[0][0]:
+            names = ", ".join(name for name, _ in where)
+            parts.append(f"{names}: {kind} from GET {where[0][1]}{hint}")
+        else:
+            parts.append(kind)
+    return f"{len(failures)} of {total} CRM resources failed: " + "; ".join(parts)
+
+
 class CRMSyncConfig(Config):
     """Run configuration of a sync (the UI's launchpad, or `--config-json` on the CLI)."""
 
@@ -250,9 +276,7 @@ def build_crm_assets(
                 )
             if failures:
                 raise Failure(
-                    description=f"{len(failures)} of {len(results)} CRM resources failed: "
-                    + "; ".join(failures),
-                    allow_retries=False,
+                    description=failure_summary(failures, len(results)), allow_retries=False
                 )
 
     return crm_sync_assets

@@ -400,7 +400,9 @@ class CRMClient:
             )
         elif outcome.kind == "connection refused":
             detail = f"nothing answers at {self.connection.base_url}; check CRM_BASE_URL"
-        raise CRMAPIError(resource, outcome.kind, shown, detail)
+        # Nobody listening is about the host, not the page: the query string would only distract.
+        where = path if outcome.kind == "connection refused" else shown
+        raise CRMAPIError(resource, outcome.kind, where, detail)
 
     # -- a whole resource ----------------------------------------------------------------------
 

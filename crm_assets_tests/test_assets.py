@@ -12,6 +12,7 @@ from dagster import (
 
 import crm_assets
 from crm_assets.api import resource_names
+from crm_assets.assets import failure_summary
 from crm_assets.simulator import CRMSimulator
 from crm_assets_tests.conftest import ACCESS_KEY, API_KEY, Workspace, assert_same_records
 
@@ -123,3 +124,16 @@ def test_schedule_run_request_executes(workspace: Workspace, simulator: CRMSimul
     assert result.success
     for name in resource_names():
         assert workspace.count(name) == simulator.count(name)
+
+
+def test_resources_failing_the_same_way_read_as_one_entry() -> None:
+    failures = [
+        f"{name}: HTTP 401 Unauthorized from GET /v1/{name}?startIndex=0&limit=100 "
+        "(check CRM_API_KEY)"
+        for name in ("customers", "contacts")
+    ] + ["cases: HTTP 404 Not Found from GET /v1/cases"]
+    assert failure_summary(failures, 5) == (
+        "3 of 5 CRM resources failed: customers, contacts: HTTP 401 Unauthorized from GET "
+        "/v1/customers?startIndex=0&limit=100 (check CRM_API_KEY); cases: HTTP 404 Not Found "
+        "from GET /v1/cases"
+    )
