@@ -295,6 +295,11 @@ def _tail(log: Path, lines: int = 15) -> str:
 
 # The multiprocess executor's own figure ("23.71s", "1m33s"): step subprocesses plus the steps.
 EXECUTOR_RE = re.compile(r"parent process exiting after (?:([0-9]+)m)?([0-9.]+)s")
+STEP_RE = re.compile(r'Finished execution of step "(\w+)" in (?:([0-9]+)m)?([0-9.]+)s')
+
+
+def _seconds(minutes: str | None, seconds: str) -> float:
+    return round(60 * float(minutes or 0) + float(seconds), 2)
 
 
 def run_baseline(scenario: Scenario, base_url: str, work: Path) -> Measured:
@@ -336,8 +341,11 @@ def run_project(scenario: Scenario, base_url: str, work: Path) -> Measured:
         "http_429_retries": text.count("HTTP 429"),
         "retries": len(re.findall(r"; retry \d+/\d+ in ", text)),
     }
+    detail["steps_s"] = {
+        step: _seconds(minutes, seconds) for step, minutes, seconds in STEP_RE.findall(text)
+    }
     if m := EXECUTOR_RE.search(text):
-        detail["executor_s"] = 60 * float(m.group(1) or 0) + float(m.group(2))
+        detail["executor_s"] = _seconds(m.group(1), m.group(2))
     return Measured(
         "b",
         ok,
@@ -389,6 +397,9 @@ RUNNERS = {"a": run_baseline, "b": run_project, "c": run_floor}
 def run_scenario(scenario: Scenario, workroot: Path) -> dict[str, Any]:
     work = workroot / scenario.name
     work.mkdir(parents=True)
+    with open("/proc/loadavg") as f:
+        # other work on the machine slows every contender; shown so that a table can be judged
+        load = float(f.read().split()[0])
     print(f"[{scenario.name}] starting simulator ({scenario.records:,} records)", flush=True)
     results: dict[str, Measured] = {}
     with Simulator(scenario, work) as sim:
@@ -404,6 +415,7 @@ def run_scenario(scenario: Scenario, workroot: Path) -> dict[str, Any]:
             )
     return {
         "scenario": scenario.name,
+        "load_average": load,
         "records": scenario.records,
         "pages": scenario.pages,
         "counts": scenario.counts,
@@ -510,9 +522,11 @@ def to_markdown(report: dict[str, Any]) -> str:
     for sc in report["scenarios"]:
         b = sc["runs"].get("b", {}).get("detail", {})
         if b:
+            steps = ", ".join(f"{k} {v} s" for k, v in b.get("steps_s", {}).items())
             notes.append(
-                f"- {sc['scenario']}: project executor time {b.get('executor_s', '?')} s (CLI wall "
-                f"minus this is Dagster's start-up and shut-down), "
+                f"- {sc['scenario']} (load average {sc['load_average']:.1f} at the start): "
+                f"(b) steps: {steps or '?'}; executor {b.get('executor_s', '?')} s (the rest of "
+                f"the wall time is the CLI's start-up and shut-down); "
                 f"{b.get('retries', 0)} retried requests ({b.get('http_429_retries', 0)} on 429)."
             )
     lines += [
