@@ -114,7 +114,10 @@ def test_overlapping_cli_runs_are_serialized_and_both_load_exactly(
     first = start(logs[0])
     second = None
     try:
-        _wait_for(lambda: _lock_held(pipeline_lock), 60, "the first run to take the lock")
+        # A request reaching the CRM means the first run is extracting, so holds the lock
+        # (probing the lock itself could, for an instant, make the first run wait).
+        _wait_for(lambda: bool(simulator.requests()), 60, "the first run to take the lock")
+        assert _lock_held(pipeline_lock)
         second = start(logs[1])
         # The second run reaches the lock while the first still holds it...
         _wait_for(lambda: _run_logged(workspace.dagster_home, WAITING), 90, "the second to wait")
