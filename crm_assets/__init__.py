@@ -31,7 +31,7 @@ def build_definitions(api_config: Mapping[str, Any] = CRM_API) -> Definitions:
         asset_checks=[build_crm_checks(api_config, freshness=freshness)],
         jobs=[crm_sync_job, crm_checks_job],
         schedules=[crm_sync_schedule(cron), crm_checks_schedule],
-        executor=crm_executor(),  # CRM_EXECUTOR; unset means Dagster's default
+        executor=crm_executor(),  # CRM_EXECUTOR; in-process unless told otherwise
         resources={
             "dlt": DagsterDltResource(),
             "crm_credentials": CRMCredentials(

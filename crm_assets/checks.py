@@ -74,22 +74,28 @@ def _specs(api_config: Mapping[str, Any], freshness: bool) -> list[AssetCheckSpe
 
 
 class _Warehouse:
-    """Read-only questions to the warehouse, through dlt's SQL client for its destination."""
+    """Read-only questions to the warehouse, through dlt's SQL client for its destination, on
+    one connection for all the checks of a run."""
 
     def __init__(self, warehouse: CRMWarehouse) -> None:
-        self.pipeline = warehouse.pipeline()
+        self.client = warehouse.pipeline().sql_client()
+
+    def __enter__(self) -> "_Warehouse":
+        self.client.open_connection()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.client.close_connection()
 
     def query(self, sql: str) -> list[tuple[Any, ...]] | None:
         """Rows of `sql`, or None when a table it names does not exist (yet)."""
         try:
-            with self.pipeline.sql_client() as client:
-                return list(client.execute_sql(sql) or [])
+            return list(self.client.execute_sql(sql) or [])
         except DatabaseUndefinedRelation:
             return None
 
     def table(self, name: str) -> str:
-        with self.pipeline.sql_client() as client:
-            return client.make_qualified_table_name(name)
+        return self.client.make_qualified_table_name(name)
 
 
 def _latest_metadata(
@@ -270,8 +276,7 @@ def build_crm_checks(
     ) -> Iterator[AssetCheckResult]:
         # The checks read the pipeline folder and the DuckDB file a sync writes: they wait for
         # a sync in progress rather than fail on DuckDB's single-writer lock.
-        with exclusive_sync(crm_warehouse, context.log):
-            db = _Warehouse(crm_warehouse)
+        with exclusive_sync(crm_warehouse, context.log), _Warehouse(crm_warehouse) as db:
             results = [
                 evaluate(db, context, key)
                 for key in sorted(

@@ -1,11 +1,12 @@
 """Which executor runs the steps of a CRM run, chosen by CRM_EXECUTOR when the definitions load.
 
-The executor is part of the definitions (like the schedule's cron), so it is read at load time;
-unset, Dagster's own default applies and nothing else is read. `dagster_celery` is imported only
-when Celery is asked for, so a deployment without it loads the definitions as before.
+The executor is part of the definitions (like the schedule's cron), so it is read at load time.
+Unset, the steps run in the run's own process: a sync is one step and its checks a second one
+that waits for it, so Dagster's default of a fresh process per step buys no parallelism and
+costs a Python start-up (dagster, dlt, pyarrow) per step, several seconds of every run.
+`dagster_celery` is imported only when Celery is asked for.
 
-    CRM_EXECUTOR        in_process | multiprocess | celery (unset: Dagster's default, which runs
-                        each step in its own process and can be switched per run in run config)
+    CRM_EXECUTOR        in_process (default) | multiprocess | celery
     CRM_CELERY_BROKER   the Celery broker (default pyamqp://guest@127.0.0.1//, RabbitMQ here)
     CRM_CELERY_BACKEND  the Celery result backend (default rpc://)
     CRM_CELERY_QUEUE    the queue steps are sent to; start workers with `-q` on the same name
@@ -37,12 +38,10 @@ def celery_settings() -> dict[str, object]:
     }
 
 
-def crm_executor() -> ExecutorDefinition | None:
-    """The executor CRM_EXECUTOR names, or None for Dagster's default."""
+def crm_executor() -> ExecutorDefinition:
+    """The executor CRM_EXECUTOR names; in-process when unset."""
     choice = (os.environ.get(EXECUTOR_ENV) or "").strip().lower().replace("-", "_")
-    if not choice:
-        return None
-    if choice == "in_process":
+    if not choice or choice == "in_process":
         return in_process_executor
     if choice == "multiprocess":
         return multiprocess_executor
