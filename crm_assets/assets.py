@@ -174,25 +174,16 @@ _FAILURE = re.compile(r"^(?P<resource>[^:]+): (?P<kind>.+?) from GET (?P<path>\S
 
 
 def failure_summary(failures: list[str], total: int) -> str:
-    """One line for the run: resources that failed the same way share one entry, so a wrong
-    key reads once with its fix rather than five times."""
-    groups: dict[tuple[str, str], list[tuple[str, str]]] = {}
-    for failure in failures:
-        match = _FAILURE.match(failure)
-        if match is None:
-            groups.setdefault((failure, ""), []).append(("", ""))
-            continue
-        groups.setdefault((match["kind"], match["hint"]), []).append(
-            (match["resource"], match["path"])
-        )
-    parts = []
-    for (kind, hint), where in groups.items():
-        if where[0][0]:
-            names = ", ".join(name for name, _ in where)
-            parts.append(f"{names}: {kind} from GET {where[0][1]}{hint}")
-        else:
-            parts.append(kind)
-    return f"{len(failures)} of {total} CRM resources failed: " + "; ".join(parts)
+    """One line for the run, every resource with its kind and path; a fix they all share (a
+    wrong key fails all five alike) is said once, up front, rather than five times."""
+    matches = [_FAILURE.match(f) for f in failures]
+    hints = {m["hint"] for m in matches if m}
+    head = f"{len(failures)} of {total} CRM resources failed"
+    if len(failures) > 1 and all(matches) and len(hints) == 1 and hints != {""}:
+        shared = hints.pop()
+        parts = [f"{m['resource']}: {m['kind']} from GET {m['path']}" for m in matches if m]
+        return f"{head}{shared}: " + "; ".join(parts)
+    return f"{head}: " + "; ".join(failures)
 
 
 class CRMSyncConfig(Config):

@@ -202,25 +202,33 @@ class _RatePacer:
 
     Without pacing, concurrent workers burst past an API's rate limit, and a page that meets a
     429 on every attempt fails the sync. The API does not announce its rate, but while it is
-    refusing requests, the requests it still admits arrive at exactly its limit: so on each 429
-    the pace is set to the rate admitted over the last second, and between 429s it creeps up
-    (1% per second) in case the limit was underestimated or has been raised. Before the first
-    429 nothing is paced.
+    refusing requests, the requests it still admits arrive at its limit: so a 429 sets the pace
+    to the rate admitted over the last second, and between 429s the pace creeps up (1% per
+    second, at most +50%) in case the limit was underestimated or has been raised. Before the
+    first 429 nothing is paced.
+
+    A 429 can also be a fault that has nothing to do with the rate; a pace learnt from those
+    would shrink with every one of them (fewer admitted, lower pace, fewer admitted...). So the
+    first pace is learnt from a full second of traffic, and only when 429s are at least a fifth
+    of that second's answers; it is learnt again at most once a second, and never below half of
+    what it first learnt: a flaky API slows a sync down by at most half, it cannot stall it.
     """
 
     WINDOW_S = 1.0
-    MIN_WINDOW_S = 0.05  # the first 429 can come after a 10-request burst, within ~50 ms
     PROBE_PER_S = 0.01
     MAX_PROBE = 0.5
     MIN_RATE = 0.2  # requests/s; a floor so that a pace never stalls the sync
+    MIN_REFUSED_SHARE = 0.2  # of the last second's answers, for 429s to mean a rate limit
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.rate: float | None = None  # learnt requests/s; None until the first 429
+        self._floor = self.MIN_RATE
         self._next_slot = 0.0
         self._started: float | None = None
         self._limited_at = 0.0
         self._admitted: deque[float] = deque()
+        self._refused: deque[float] = deque()
 
     def wait(self) -> None:
         """Block until this request's slot; slots are 1/rate apart across all threads."""
@@ -240,17 +248,27 @@ class _RatePacer:
         """Count an admitted response, or learn the rate from a 429."""
         now = time.monotonic()
         with self._lock:
-            admitted = self._admitted
-            while admitted and admitted[0] < now - self.WINDOW_S:
-                admitted.popleft()
+            admitted, refused = self._admitted, self._refused
+            for seen in (admitted, refused):
+                while seen and seen[0] < now - self.WINDOW_S:
+                    seen.popleft()
             if status is None:
                 return
             if status != 429:
                 admitted.append(now)
                 return
+            refused.append(now)
             started = self._started if self._started is not None else now
-            window = min(self.WINDOW_S, max(self.MIN_WINDOW_S, now - started))
-            self.rate = max(self.MIN_RATE, len(admitted) / window)
+            if now - started < self.WINDOW_S:
+                return  # a first second of traffic is too small a sample to learn a rate from
+            if len(refused) < self.MIN_REFUSED_SHARE * (len(admitted) + len(refused)):
+                return  # a few 429s among many answers are noise, not a limit being hit
+            if self.rate is not None and now - self._limited_at < self.WINDOW_S:
+                return
+            measured = len(admitted) / self.WINDOW_S
+            if self.rate is None:
+                self._floor = max(self.MIN_RATE, measured / 2)
+            self.rate = max(self._floor, measured)
             self._limited_at = now
 
 
@@ -271,8 +289,6 @@ class CRMClient:
         self.stats: dict[str, ResourceStats] = {}
         self._rng = random.Random(seed)
         self._local = threading.local()
-        self._pause_lock = threading.Lock()
-        self._resume_at = 0.0  # monotonic time before which nobody sends: the API said 429
         self._pacer = _RatePacer()
         self._pool = ThreadPoolExecutor(self.policy.concurrency, thread_name_prefix="crm-http")
         self._sessions: list[requests.Session] = []
@@ -302,13 +318,8 @@ class CRMClient:
             self._sessions.append(session)
         return session
 
-    def _wait_for_rate_limit(self) -> None:
-        while (delay := self._resume_at - time.monotonic()) > 0:
-            time.sleep(delay)
-        self._pacer.wait()
-
     def _attempt(self, url: str, params: dict[str, Any], selector: str | None) -> _Attempt:
-        self._wait_for_rate_limit()
+        self._pacer.wait()
         try:
             response = self._session().get(
                 url,
@@ -377,11 +388,11 @@ class CRMClient:
                 # Honour the server's own figure, with a little jitter so workers spread out, but
                 # never beyond CRM_REQUEST_MAX_BACKOFF: a server asking for an hour would
                 # otherwise hang the run with no bound the user can set.
+                # Only this request waits: the pacer slows the others if the 429s are the API's
+                # rate limit, and a pause of every worker on each random 429 would stall a sync.
                 wait = min(outcome.retry_after, self.policy.backoff_max) * (
                     1 + self._rng.uniform(0, 0.1)
                 )
-                with self._pause_lock:
-                    self._resume_at = max(self._resume_at, time.monotonic() + wait)
             stats.retries += 1
             self.log.warning(
                 f"{resource}: {outcome.kind} on GET {shown}; retry {attempt}/"
@@ -491,7 +502,10 @@ class CRMClient:
         planned_end = total
         try:
             while True:
-                while next_offset < planned_end and len(window) < self.policy.concurrency:
+                # Pages are yielded in order, so a page waiting out a Retry-After would idle every
+                # worker if only `concurrency` pages were queued; a deeper queue keeps them busy
+                # (the pool still bounds the requests in flight).
+                while next_offset < planned_end and len(window) < 4 * self.policy.concurrency:
                     window.append(
                         self._pool.submit(
                             self.get, resource, path, page_params(next_offset), selector

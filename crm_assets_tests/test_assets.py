@@ -126,14 +126,16 @@ def test_schedule_run_request_executes(workspace: Workspace, simulator: CRMSimul
         assert workspace.count(name) == simulator.count(name)
 
 
-def test_resources_failing_the_same_way_read_as_one_entry() -> None:
+def test_a_fix_shared_by_every_failure_is_said_once() -> None:
     failures = [
         f"{name}: HTTP 401 Unauthorized from GET /v1/{name}?startIndex=0&limit=100 "
         "(check CRM_API_KEY)"
         for name in ("customers", "contacts")
-    ] + ["cases: HTTP 404 Not Found from GET /v1/cases"]
+    ]
     assert failure_summary(failures, 5) == (
-        "3 of 5 CRM resources failed: customers, contacts: HTTP 401 Unauthorized from GET "
-        "/v1/customers?startIndex=0&limit=100 (check CRM_API_KEY); cases: HTTP 404 Not Found "
-        "from GET /v1/cases"
+        "2 of 5 CRM resources failed (check CRM_API_KEY): customers: HTTP 401 Unauthorized from "
+        "GET /v1/customers?startIndex=0&limit=100; contacts: HTTP 401 Unauthorized from GET "
+        "/v1/contacts?startIndex=0&limit=100"
     )
+    mixed = [*failures[:1], "cases: HTTP 404 Not Found from GET /v1/cases"]
+    assert failure_summary(mixed, 5) == "2 of 5 CRM resources failed: " + "; ".join(mixed)
