@@ -523,10 +523,12 @@ def to_markdown(report: dict[str, Any]) -> str:
         b = sc["runs"].get("b", {}).get("detail", {})
         if b:
             steps = ", ".join(f"{k} {v} s" for k, v in b.get("steps_s", {}).items())
+            # The in-process executor (the default) prints no total of its own.
+            executor = f"; multiprocess executor {b['executor_s']} s" if "executor_s" in b else ""
             notes.append(
                 f"- {sc['scenario']} (load average {sc['load_average']:.1f} at the start): "
-                f"(b) steps: {steps or '?'}; executor {b.get('executor_s', '?')} s (the rest of "
-                f"the wall time is the CLI's start-up and shut-down); "
+                f"(b) steps: {steps or '?'}{executor} (the rest of the wall time is the CLI's "
+                f"start-up and shut-down); "
                 f"{b.get('retries', 0)} retried requests ({b.get('http_429_retries', 0)} on 429)."
             )
     lines += [
