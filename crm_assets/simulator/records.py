@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import functools
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 RESOURCES: tuple[str, ...] = ("customers", "contacts", "cases", "leads", "opportunities")
 
@@ -312,6 +314,11 @@ class Refs:
 Generator = Callable[[random.Random, int, int, int, Refs], tuple[dict[str, Any], int]]
 
 
+def _pick(r: Callable[[], float], choices: Sequence[T]) -> T:
+    """One of `choices`, drawn with exactly one call of `r` (the record stream depends on it)."""
+    return choices[int(r() * len(choices))]
+
+
 def _span(r: Callable[[], float], lo: int, hi: int) -> tuple[int, int]:
     """created in [lo, hi], updated in [created, hi]; lo == hi gives both == lo (inserts)."""
     created = lo + int(r() * (hi - lo))
@@ -328,23 +335,23 @@ def gen_customer(
     rng: random.Random, rid: int, lo: int, hi: int, refs: Refs
 ) -> tuple[dict[str, Any], int]:
     r = rng.random
-    word, slug = _COMPANY_WORD[int(r() * len(_COMPANY_WORD))]
-    last, _ = _LAST[int(r() * len(_LAST))]
-    suffix = _COMPANY_SUFFIX[int(r() * len(_COMPANY_SUFFIX))]
+    word, slug = _pick(r, _COMPANY_WORD)
+    last, _ = _pick(r, _LAST)
+    suffix = _pick(r, _COMPANY_SUFFIX)
     name = f"{word} {suffix}" if r() < 0.6 else f"{last} {suffix}"
     created, updated = _span(r, lo, hi)
     if r() < 0.15:
         address = None
     else:
-        city, postal, country = _CITIES[int(r() * len(_CITIES))]
+        city, postal, country = _pick(r, _CITIES)
         address = {
-            "street": f"{_STREETS[int(r() * len(_STREETS))]} {int(r() * 200) + 1}",
+            "street": f"{_pick(r, _STREETS)} {int(r() * 200) + 1}",
             "city": city,
             "postal_code": f"{postal}{int(r() * 900) + 100}",
             "country": country,
         }
     ntags = int(r() * 4)
-    tags = sorted({_TAGS[int(r() * len(_TAGS))] for _ in range(ntags)})
+    tags = sorted({_pick(r, _TAGS) for _ in range(ntags)})
     rec = {
         "id": rid,
         "name": name,
@@ -352,7 +359,7 @@ def gen_customer(
         "phone": None
         if r() < 0.15
         else f"+{int(r() * 89) + 10} {int(r() * 900) + 100} {int(r() * 9_000_000) + 1_000_000}",
-        "industry": None if r() < 0.12 else _INDUSTRIES[int(r() * len(_INDUSTRIES))],
+        "industry": None if r() < 0.12 else _pick(r, _INDUSTRIES),
         "annual_revenue": None if r() < 0.2 else _money(r, 1_000_000_000),
         "employee_count": None if r() < 0.15 else int(r() ** 3 * 50_000) + 1,
         "is_active": r() < 0.85,
@@ -368,8 +375,8 @@ def gen_contact(
     rng: random.Random, rid: int, lo: int, hi: int, refs: Refs
 ) -> tuple[dict[str, Any], int]:
     r = rng.random
-    first, first_a = _FIRST[int(r() * len(_FIRST))]
-    last, last_a = _LAST[int(r() * len(_LAST))]
+    first, first_a = _pick(r, _FIRST)
+    last, last_a = _pick(r, _LAST)
     created, updated = _span(r, lo, hi)
     if r() < 0.2:
         social = None
@@ -387,7 +394,7 @@ def gen_contact(
         "last_name": last,
         "email": None if r() < 0.15 else f"{first_a}.{last_a}{rid}@example.com",
         "phone": None if r() < 0.2 else f"+{int(r() * 89) + 10} {int(r() * 9_000_000) + 1_000_000}",
-        "title": None if r() < 0.15 else _TITLES[int(r() * len(_TITLES))],
+        "title": None if r() < 0.15 else _pick(r, _TITLES),
         "is_primary": r() < 0.3,
         "social": social,
         "created_at": iso(created),
@@ -401,19 +408,19 @@ def gen_case(
 ) -> tuple[dict[str, Any], int]:
     r = rng.random
     opened = lo + int(r() * (hi - lo))
-    status = _CASE_STATUS[int(r() * len(_CASE_STATUS))]
+    status = _pick(r, _CASE_STATUS)
     closed = opened + int(r() * (hi - opened)) if status == "closed" else None
     last_activity = closed if closed is not None else hi
     ncomments = int(r() * 5)
     times = sorted(opened + int(r() * (last_activity - opened)) for _ in range(ncomments))
     comments = []
     for t in times:
-        first, _ = _FIRST[int(r() * len(_FIRST))]
-        last, _ = _LAST[int(r() * len(_LAST))]
+        first, _ = _pick(r, _FIRST)
+        last, _ = _pick(r, _LAST)
         comments.append(
             {
                 "author": f"{first} {last}",
-                "body": _COMMENT_BODIES[int(r() * len(_COMMENT_BODIES))],
+                "body": _pick(r, _COMMENT_BODIES),
                 "created_at": iso(t),
             }
         )
@@ -423,9 +430,9 @@ def gen_case(
         "id": rid,
         "customer_id": int(r() * refs.customers) + 1 if refs.customers else None,
         "contact_id": None if refs.contacts == 0 or r() < 0.2 else int(r() * refs.contacts) + 1,
-        "subject": _SUBJECTS[int(r() * len(_SUBJECTS))],
+        "subject": _pick(r, _SUBJECTS),
         "status": status,
-        "priority": _PRIORITIES[int(r() * len(_PRIORITIES))],
+        "priority": _pick(r, _PRIORITIES),
         "opened_at": iso(opened),
         "closed_at": iso(closed) if closed is not None else None,
         "comments": comments,
@@ -438,8 +445,8 @@ def gen_lead(
     rng: random.Random, rid: int, lo: int, hi: int, refs: Refs
 ) -> tuple[dict[str, Any], int]:
     r = rng.random
-    first, first_a = _FIRST[int(r() * len(_FIRST))]
-    last, last_a = _LAST[int(r() * len(_LAST))]
+    first, first_a = _pick(r, _FIRST)
+    last, last_a = _pick(r, _LAST)
     created, updated = _span(r, lo, hi)
     converted = r() < 0.25
     rec = {
@@ -449,9 +456,8 @@ def gen_lead(
         "email": None if r() < 0.15 else f"{first_a}.{last_a}.{rid}@example.org",
         "company": None
         if r() < 0.2
-        else f"{_COMPANY_WORD[int(r() * len(_COMPANY_WORD))][0]} "
-        f"{_COMPANY_SUFFIX[int(r() * len(_COMPANY_SUFFIX))]}",
-        "source": _SOURCES[int(r() * len(_SOURCES))],
+        else f"{_pick(r, _COMPANY_WORD)[0]} {_pick(r, _COMPANY_SUFFIX)}",
+        "source": _pick(r, _SOURCES),
         "score": int(r() * 101),
         "estimated_value": None if r() < 0.2 else _money(r, 100_000_000),
         "is_converted": converted,
@@ -467,10 +473,10 @@ def gen_opportunity(
 ) -> tuple[dict[str, Any], int]:
     r = rng.random
     created, updated = _span(r, lo, hi)
-    stage = _STAGES[int(r() * len(_STAGES))]
+    stage = _pick(r, _STAGES)
     plo, phi = _STAGE_PROB[stage]
-    product = _PRODUCTS[int(r() * len(_PRODUCTS))]
-    kind = _DEAL_KINDS[int(r() * len(_DEAL_KINDS))]
+    product = _pick(r, _PRODUCTS)
+    kind = _pick(r, _DEAL_KINDS)
     nitems = int(r() * 5)  # 0..4; with no items the amount is a free estimate
     items = []
     total_cents = 0
@@ -494,7 +500,7 @@ def gen_opportunity(
         "name": f"{product} – {kind}",
         "stage": stage,
         "amount": total_cents / 100,
-        "currency": _CURRENCIES[int(r() * len(_CURRENCIES))],
+        "currency": _pick(r, _CURRENCIES),
         "probability": plo + int(r() * (phi - plo + 1)),
         "expected_close_date": iso_date(created + int(r() * 300 * 86_400)),
         "is_won": True if stage == "closed_won" else False if stage == "closed_lost" else None,
