@@ -19,6 +19,7 @@ from typing import Any
 
 import duckdb
 import pytest
+from dagster import DagsterInstance, RunConfig, materialize
 
 from crm_assets.api import CRM_COLUMNS
 from crm_assets.simulator import CRMSimulator
@@ -142,6 +143,24 @@ def dagster_cli(
         text=True,
         timeout=timeout,
         check=False,
+    )
+
+
+def sync_in_process(
+    selection: list[str] | None = None, *, checks: bool = False, full_refresh: bool = False
+) -> Any:
+    """The definitions' assets (and, with `checks`, their checks) materialized in this process
+    on the instance of DAGSTER_HOME, as the UI or the CLI would run them."""
+    import crm_assets  # the definitions, built once per test session like a code location
+
+    defs = crm_assets.defs
+    return materialize(
+        [*defs.assets, *(defs.asset_checks if checks else [])],
+        resources=defs.resources,
+        selection=selection,
+        instance=DagsterInstance.get(),
+        run_config=RunConfig(ops={"crm_sync_assets": {"config": {"full_refresh": full_refresh}}}),
+        raise_on_error=False,
     )
 
 

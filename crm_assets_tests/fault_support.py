@@ -21,6 +21,7 @@ from typing import Any
 import duckdb
 
 from crm_assets.api import resource_names
+from crm_assets_tests.conftest import sync_in_process
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DAGSTER_EXE = Path(sys.executable).with_name("dagster")
@@ -240,18 +241,7 @@ def expected_counts(simulator: Any) -> dict[str, int]:
 
 def materialize_all(selection: list[str] | None = None) -> Any:
     """The definitions' assets materialized in this process, on the instance of DAGSTER_HOME."""
-    from dagster import DagsterInstance, materialize
-
-    import crm_assets
-
-    defs = crm_assets.defs
-    return materialize(
-        defs.assets,
-        resources=defs.resources,
-        selection=selection,
-        instance=DagsterInstance.get(),
-        raise_on_error=False,
-    )
+    return sync_in_process(selection)
 
 
 def materialized_metadata(result: Any) -> dict[str, dict[str, Any]]:

@@ -7,25 +7,23 @@ from dagster import (
     AssetKey,
     DagsterInstance,
     build_schedule_context,
-    materialize,
 )
 
 import crm_assets
 from crm_assets.api import resource_names
 from crm_assets.assets import failure_summary
 from crm_assets.simulator import CRMSimulator
-from crm_assets_tests.conftest import ACCESS_KEY, API_KEY, Workspace, assert_same_records
+from crm_assets_tests.conftest import (
+    ACCESS_KEY,
+    API_KEY,
+    Workspace,
+    assert_same_records,
+    sync_in_process,
+)
 
 
-def run_sync(selection: list[str] | None = None, instance: DagsterInstance | None = None):
-    defs = crm_assets.defs
-    return materialize(
-        defs.assets,
-        resources=defs.resources,
-        selection=selection,
-        instance=instance or DagsterInstance.get(),
-        raise_on_error=False,
-    )
+def run_sync(selection: list[str] | None = None):
+    return sync_in_process(selection)
 
 
 def test_full_sync_loads_every_record_once_with_the_same_values(

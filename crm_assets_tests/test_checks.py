@@ -5,23 +5,16 @@ from __future__ import annotations
 import time
 
 import pytest
-from dagster import AssetCheckKey, AssetKey, DagsterInstance, materialize
+from dagster import AssetCheckKey, AssetKey, DagsterInstance
 
 import crm_assets
 from crm_assets.api import resource_names
 from crm_assets.simulator import CRMSimulator
-from crm_assets_tests.conftest import SMALL_COUNTS, Workspace
+from crm_assets_tests.conftest import SMALL_COUNTS, Workspace, sync_in_process
 
 
 def sync_with_checks(selection: list[str] | None = None):
-    defs = crm_assets.defs
-    return materialize(
-        [*defs.assets, *defs.asset_checks],
-        resources=defs.resources,
-        selection=selection,
-        instance=DagsterInstance.get(),
-        raise_on_error=False,
-    )
+    return sync_in_process(selection, checks=True)
 
 
 def check_results(result) -> dict[str, tuple[bool, str]]:

@@ -4,25 +4,13 @@ from __future__ import annotations
 
 import shutil
 
-from dagster import DagsterInstance, RunConfig, materialize
-
-import crm_assets
 from crm_assets.api import resource_names
 from crm_assets.simulator import CRMSimulator, Faults
-from crm_assets_tests.conftest import Workspace, assert_same_records
+from crm_assets_tests.conftest import Workspace, assert_same_records, sync_in_process
 
 
 def sync(selection: list[str] | None = None, full_refresh: bool = False):
-    defs = crm_assets.defs
-    run_config = RunConfig(ops={"crm_sync_assets": {"config": {"full_refresh": full_refresh}}})
-    return materialize(
-        defs.assets,
-        resources=defs.resources,
-        selection=selection,
-        instance=DagsterInstance.get(),
-        run_config=run_config,
-        raise_on_error=False,
-    )
+    return sync_in_process(selection, full_refresh=full_refresh)
 
 
 def pages_requested(simulator: CRMSimulator, resource: str) -> list[dict[str, str]]:
