@@ -3,7 +3,7 @@
 from collections.abc import Mapping
 from typing import Any
 
-from dagster import Definitions, EnvVar
+from dagster import Definitions
 from dagster_dlt import DagsterDltResource
 
 from crm_assets.api import CRM_API
@@ -34,11 +34,9 @@ def build_definitions(api_config: Mapping[str, Any] = CRM_API) -> Definitions:
         executor=crm_executor(),  # CRM_EXECUTOR; in-process unless told otherwise
         resources={
             "dlt": DagsterDltResource(),
-            "crm_credentials": CRMCredentials(
-                base_url=EnvVar("CRM_BASE_URL"),
-                api_key=EnvVar("CRM_API_KEY"),
-                access_key=EnvVar("CRM_ACCESS_KEY"),
-            ),
+            # CRM_BASE_URL, CRM_API_KEY, CRM_ACCESS_KEY: read through EnvVar when a run starts,
+            # so a missing one fails that run in one line (see CRMCredentials).
+            "crm_credentials": CRMCredentials(),
             "crm_warehouse": CRMWarehouse(),
         },
     )

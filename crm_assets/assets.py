@@ -37,7 +37,7 @@ from pydantic import Field
 
 from crm_assets.api import CRM_API
 from crm_assets.automation import CRM_GROUP
-from crm_assets.client import CRMClient, RequestPolicy, ResourceStats
+from crm_assets.client import CRMClient, CRMConfigError, RequestPolicy, ResourceStats
 from crm_assets.resources import CRMCredentials, CRMWarehouse
 from crm_assets.source import crm_source
 from crm_assets.sync_lock import exclusive_sync
@@ -217,6 +217,12 @@ def build_crm_assets(
         crm_credentials: CRMCredentials,
         crm_warehouse: CRMWarehouse,
     ) -> Iterator[MaterializeResult]:
+        # Settings first: a missing or wrong one fails the run in one line, before any request,
+        # lock or file.
+        try:
+            connection = crm_credentials.connection()
+        except CRMConfigError as exc:
+            raise Failure(description=str(exc), allow_retries=False) from None
         # One sync at a time per pipeline folder and per DuckDB file, whatever the instance's
         # pool settings: concurrent dlt runs corrupt each other's state (see exclusive_sync).
         with exclusive_sync(crm_warehouse, context.log):
@@ -225,9 +231,7 @@ def build_crm_assets(
             pipeline = crm_warehouse.pipeline()
             with (
                 fewer_gc_passes(),
-                CRMClient(
-                    crm_credentials.connection(), RequestPolicy.from_env(), log=context.log
-                ) as client,
+                CRMClient(connection, RequestPolicy.from_env(), log=context.log) as client,
             ):
                 source = crm_source(client, api_config, full_refresh=config.full_refresh)
                 results = list(

@@ -1,8 +1,7 @@
 """Dagster resources: the CRM's credentials and the warehouse, both resolved at run time.
 
-Loading the definitions reads no secret and touches no file: `EnvVar` values are resolved by
-Dagster when a run starts, and the optional settings below are read from the environment only
-when a run asks for them.
+Loading the definitions reads no secret and touches no file: every setting, secrets included,
+is read from the environment only when a run asks for it.
 """
 
 from __future__ import annotations
@@ -11,7 +10,7 @@ import os
 from pathlib import Path
 
 import dlt
-from dagster import ConfigurableResource
+from dagster import ConfigurableResource, EnvVar
 from dlt.pipeline.pipeline import Pipeline
 from pydantic import Field
 
@@ -29,13 +28,35 @@ def _setting(value: str | None, env: str, default: str | None = None) -> str | N
     return os.environ.get(env) or default
 
 
+def _required(value: str | None, env: str) -> str:
+    """A setting the run cannot do without: given in run config, else read from `env` now."""
+    resolved = value or EnvVar(env).get_value()
+    if not resolved:
+        raise CRMConfigError(
+            f"{env} is not set: export {env} where dagster dev, the daemon or the CLI runs "
+            "(README: Point it at your CRM)"
+        )
+    return resolved
+
+
 class CRMCredentials(ConfigurableResource):
     """Where the CRM is and the two secrets it wants (`api_key` in the query string, as the API
-    documents; `access_key` in a header or the query, as your CRM expects)."""
+    documents; `access_key` in a header or the query, as your CRM expects).
 
-    base_url: str = Field(description="CRM API base URL (CRM_BASE_URL).")
-    api_key: str = Field(description="API key, sent as the `api_key` query parameter.")
-    access_key: str = Field(description="Second secret the API requires (CRM_ACCESS_KEY).")
+    Each field falls back to its environment variable, read through Dagster's `EnvVar` when a
+    run starts rather than when Dagster resolves the run's config: a missing secret then fails
+    the run at once with one line in its log, naming the variable, where config resolution
+    would refuse the launch with a stack trace and leave no run to look at. The values are
+    never part of the run's config, so the UI, the event log and run storage never hold them.
+    """
+
+    base_url: str | None = Field(default=None, description="CRM API base URL (CRM_BASE_URL).")
+    api_key: str | None = Field(
+        default=None, description="API key, sent as the `api_key` query parameter (CRM_API_KEY)."
+    )
+    access_key: str | None = Field(
+        default=None, description="Second secret the API requires (CRM_ACCESS_KEY)."
+    )
     access_key_name: str | None = Field(
         default=None,
         description="Header or query parameter that carries the access key "
@@ -49,9 +70,9 @@ class CRMCredentials(ConfigurableResource):
     def connection(self) -> CRMConnection:
         location = _setting(self.access_key_location, "CRM_ACCESS_KEY_LOCATION", "header")
         return CRMConnection(
-            base_url=self.base_url,
-            api_key=self.api_key,
-            access_key=self.access_key,
+            base_url=_required(self.base_url, "CRM_BASE_URL"),
+            api_key=_required(self.api_key, "CRM_API_KEY"),
+            access_key=_required(self.access_key, "CRM_ACCESS_KEY"),
             access_key_name=_setting(self.access_key_name, "CRM_ACCESS_KEY_NAME", "X-Access-Key")
             or "X-Access-Key",
             access_key_location=location,  # type: ignore[arg-type]  # validated by CRMConnection

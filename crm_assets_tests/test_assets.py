@@ -103,11 +103,19 @@ def test_wrong_api_key_fails_with_one_line_naming_resource_status_and_path(
 
 
 def test_run_without_secrets_fails_naming_the_missing_variable(
-    workspace: Workspace, monkeypatch: pytest.MonkeyPatch
+    workspace: Workspace, simulator: CRMSimulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("CRM_API_KEY")
-    with pytest.raises(Exception, match='environment variable "CRM_API_KEY" which is not set'):
-        run_sync()
+    simulator.reset_requests()
+    result = run_sync()
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert failure.step_failure_data.error.message.strip().endswith(
+        "CRM_API_KEY is not set: export CRM_API_KEY where dagster dev, the daemon or the CLI "
+        "runs (README: Point it at your CRM)"
+    )
+    assert simulator.requests() == []
+    assert not workspace.duckdb_path.exists() and not workspace.pipelines_dir.exists()
 
 
 def test_schedule_run_request_executes(workspace: Workspace, simulator: CRMSimulator) -> None:

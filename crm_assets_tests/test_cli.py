@@ -41,5 +41,5 @@ def test_cli_without_secrets_names_the_missing_variable(
     del env["CRM_ACCESS_KEY"]
     done = materialize_cli("*", env=env)
     assert done.returncode != 0
-    assert 'environment variable "CRM_ACCESS_KEY" which is not set' in done.stderr
+    assert "CRM_ACCESS_KEY is not set: export CRM_ACCESS_KEY where" in done.stderr
     assert not workspace.duckdb_path.exists()
