@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -75,9 +75,17 @@ def _declared_array(values: list[Any], column: Mapping[str, Any], target: pa.Dat
         return pa.array([None if v is None else str(v) for v in values], pa.string()).cast(target)
     if data_type in ("timestamp", "date"):
         return pa.array(values, pa.string()).cast(target)
-    if data_type == "bigint" and any(isinstance(v, bool) for v in values):
-        raise pa.ArrowInvalid("boolean in an integer column")
+    if data_type == "bigint":
+        _check_integers(values)
     return pa.array(values, target)
+
+
+def _check_integers(values: Iterable[Any]) -> None:
+    """Arrow turns 1.5 into 1 in an integer column without a word, and True into 1: refuse
+    both, so that the value goes to the variant column instead of losing its fraction."""
+    for v in values:
+        if isinstance(v, bool) or (isinstance(v, float) and not v.is_integer()):
+            raise pa.ArrowInvalid(f"{v!r} in an integer column")
 
 
 def _fits(value: Any, column: Mapping[str, Any], target: pa.DataType) -> bool:
@@ -130,6 +138,9 @@ def _declared_arrays_at_once(
     ]
     arrays: dict[str, pa.Array] = {}
     try:
+        for name, column in columns.items():
+            if column.get("data_type") == "bigint":
+                _check_integers(r.get(name) for r in records)
         struct = pa.array(records, pa.struct(direct)) if direct else None
         for name, column in columns.items():
             target = _arrow_type(column)

@@ -97,3 +97,17 @@ def test_one_page_endpoint_that_has_more_says_so(
         info, _ = run_source(simulator, tmp_path, config, logging.getLogger("crm_assets"))
     assert not info.has_failed_jobs
     assert "notes: GET /v1/notes returned 100 of 250 records on its one page" in caplog.text
+
+
+def test_a_fraction_in_an_integer_column_is_not_truncated() -> None:
+    base = {
+        "name": "a",
+        "is_active": True,
+        "created_at": "2024-01-01T00:00:00Z",
+        "updated_at": "2024-01-01T00:00:00Z",
+    }
+    records = [{**base, "id": 1, "employee_count": 1.5}, {**base, "id": 2, "employee_count": 3.0}]
+    table, variants = records_to_table(records, CRM_COLUMNS["customers"])
+    assert variants == ["employee_count__v_text"]
+    assert table["employee_count"].to_pylist() == [None, 3]
+    assert table["employee_count__v_text"].to_pylist() == ["1.5", None]
