@@ -176,11 +176,12 @@ def records_to_table(
         values = [r.get(name) for r in records]
         try:
             arrays[name] = _declared_array(values, column, target)
+            drifted = False
         except _CONVERSION_ERRORS:
             arrays[name], arrays[f"{name}__v_text"] = _split_variant(values, column, target)
             variants.append(f"{name}__v_text")
+            drifted = True
         # A value moved to the variant column leaves a null behind, even in a required column.
-        drifted = bool(variants) and variants[-1] == f"{name}__v_text"
         nullable = column.get("nullable", True) or drifted
         fields.append(pa.field(name, target, nullable=nullable))
         if drifted:
@@ -197,7 +198,7 @@ def records_to_table(
         else:
             try:
                 array = pa.array(values)
-            except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+            except _CONVERSION_ERRORS:
                 array = pa.array([None if v is None else str(v) for v in values], pa.string())
         arrays[name] = array
         fields.append(pa.field(name, array.type))
