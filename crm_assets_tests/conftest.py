@@ -19,7 +19,7 @@ from typing import Any
 
 import duckdb
 import pytest
-from dagster import DagsterInstance, RunConfig, materialize
+from dagster import AssetCheckKey, DagsterInstance, RunConfig, materialize
 
 from crm_assets.api import CRM_COLUMNS
 from crm_assets.simulator import CRMSimulator
@@ -162,6 +162,25 @@ def sync_in_process(
         run_config=RunConfig(ops={"crm_sync_assets": {"config": {"full_refresh": full_refresh}}}),
         raise_on_error=False,
     )
+
+
+def materialized_metadata(result: Any) -> dict[str, Any]:
+    """Resource name -> metadata of its materialization in an in-process result."""
+    return {
+        e.asset_key.path[-1]: e.materialization.metadata
+        for e in result.get_asset_materialization_events()
+    }
+
+
+def check_results(result: Any) -> dict[str, tuple[bool, str]]:
+    """`crm/<resource>:<check>` -> (passed, severity) for every check evaluated in the run."""
+    out = {}
+    for event in result.all_events:
+        if event.event_type_value == "ASSET_CHECK_EVALUATION":
+            evaluation = event.event_specific_data
+            key = AssetCheckKey(evaluation.asset_key, evaluation.check_name)
+            out[key.to_user_string()] = (evaluation.passed, evaluation.severity.value)
+    return out
 
 
 def materialize_cli(selection: str, env: dict[str, str]) -> subprocess.CompletedProcess:

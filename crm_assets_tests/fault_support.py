@@ -244,14 +244,6 @@ def materialize_all(selection: list[str] | None = None) -> Any:
     return sync_in_process(selection)
 
 
-def materialized_metadata(result: Any) -> dict[str, dict[str, Any]]:
-    """Resource name -> metadata of its materialization in an in-process result."""
-    return {
-        e.asset_key.path[-1]: e.materialization.metadata
-        for e in result.get_asset_materialization_events()
-    }
-
-
 def step_failure_message(result: Any) -> str:
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
     return failure.step_failure_data.error.message

@@ -5,27 +5,22 @@ from __future__ import annotations
 import time
 
 import pytest
-from dagster import AssetCheckKey, AssetKey, DagsterInstance
+from dagster import DagsterInstance
 
 import crm_assets
 from crm_assets.api import resource_names
 from crm_assets.simulator import CRMSimulator
-from crm_assets_tests.conftest import SMALL_COUNTS, Workspace, sync_in_process
+from crm_assets_tests.conftest import (
+    SMALL_COUNTS,
+    Workspace,
+    check_results,
+    materialized_metadata,
+    sync_in_process,
+)
 
 
 def sync_with_checks(selection: list[str] | None = None):
     return sync_in_process(selection, checks=True)
-
-
-def check_results(result) -> dict[str, tuple[bool, str]]:
-    """`crm/<resource>:<check>` -> (passed, severity) for every check evaluated in the run."""
-    out = {}
-    for event in result.all_events:
-        if event.event_type_value == "ASSET_CHECK_EVALUATION":
-            evaluation = event.event_specific_data
-            key = AssetCheckKey(evaluation.asset_key, evaluation.check_name)
-            out[key.to_user_string()] = (evaluation.passed, evaluation.severity.value)
-    return out
 
 
 def test_every_check_passes_on_good_data(workspace: Workspace, simulator: CRMSimulator) -> None:
@@ -52,11 +47,7 @@ def test_primary_key_fails_on_missing_and_duplicated_ids(
     assert results["crm/contacts:primary_key"] == (True, "ERROR")
     rows = workspace.rows("customers")
     assert len(rows) == SMALL_COUNTS["customers"] - 2  # one without id, one merged into id 11
-    customers = next(
-        e.materialization.metadata
-        for e in result.get_asset_materialization_events()
-        if e.asset_key == AssetKey(["crm", "customers"])
-    )
+    customers = materialized_metadata(result)["customers"]
     assert customers["records_without_id"].value == 1
     assert customers["duplicate_ids"].value == 1
 
@@ -75,11 +66,7 @@ def test_row_count_warns_on_an_empty_resource(
     results = check_results(result)
     assert results["crm/leads:row_count"] == (False, "WARN")
     assert results["crm/customers:row_count"] == (True, "WARN")
-    leads = next(
-        e.materialization.metadata
-        for e in result.get_asset_materialization_events()
-        if e.asset_key == AssetKey(["crm", "leads"])
-    )
+    leads = materialized_metadata(result)["leads"]
     assert leads["rows_loaded"].value == 0 and leads["dagster/row_count"].value == 0
 
 

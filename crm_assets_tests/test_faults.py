@@ -19,6 +19,7 @@ from crm_assets_tests.conftest import (
     SMALL_COUNTS,
     Workspace,
     assert_same_records,
+    materialized_metadata,
 )
 from crm_assets_tests.fault_drill import format_table, run_drill
 from crm_assets_tests.fault_support import (
@@ -28,7 +29,6 @@ from crm_assets_tests.fault_support import (
     duplicates,
     leak_report,
     materialize_all,
-    materialized_metadata,
     open_instance,
     run_cli,
     step_failure_message,

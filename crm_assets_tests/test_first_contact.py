@@ -89,23 +89,19 @@ def test_cli_unreachable_crm_says_where_and_what_to_check(workspace: Workspace) 
     assert_no_secret(output)
 
 
-def test_cli_wrong_api_key_says_which_key(workspace: Workspace) -> None:
-    env = clean_env(**{**workspace.env, "CRM_API_KEY": "sk-wrong-key"})
+@pytest.mark.parametrize(
+    ("variable", "wrong", "status"),
+    [("CRM_API_KEY", "sk-wrong-key", "HTTP 401"), ("CRM_ACCESS_KEY", "ak-wrong-key", "HTTP 403")],
+)
+def test_cli_wrong_key_says_which_key(
+    workspace: Workspace, variable: str, wrong: str, status: str
+) -> None:
+    env = clean_env(**{**workspace.env, variable: wrong})
     done = materialize(env)
     output = done.stdout + done.stderr
     assert done.returncode != 0
-    assert lines_with(output, "HTTP 401", "check CRM_API_KEY"), output[-3000:]
-    assert "sk-wrong-key" not in output  # a wrong key is still a secret
-    assert_no_secret(output)
-
-
-def test_cli_wrong_access_key_says_which_key(workspace: Workspace) -> None:
-    env = clean_env(**{**workspace.env, "CRM_ACCESS_KEY": "ak-wrong-key"})
-    done = materialize(env)
-    output = done.stdout + done.stderr
-    assert done.returncode != 0
-    assert lines_with(output, "HTTP 403", "check CRM_ACCESS_KEY"), output[-3000:]
-    assert "ak-wrong-key" not in output
+    assert lines_with(output, status, f"check {variable}"), output[-3000:]
+    assert wrong not in output  # a wrong key is still a secret
     assert_no_secret(output)
 
 

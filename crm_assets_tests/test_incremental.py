@@ -6,7 +6,12 @@ import shutil
 
 from crm_assets.api import resource_names
 from crm_assets.simulator import CRMSimulator, Faults
-from crm_assets_tests.conftest import Workspace, assert_same_records, sync_in_process
+from crm_assets_tests.conftest import (
+    Workspace,
+    assert_same_records,
+    materialized_metadata,
+    sync_in_process,
+)
 
 
 def sync(selection: list[str] | None = None, full_refresh: bool = False):
@@ -35,11 +40,7 @@ def test_changed_records_fetch_only_their_pages(
     assert requests[0]["updated_since"] != "1970-01-01T00:00:00Z"
     assert workspace.count("contacts") == simulator.count("contacts")
     assert_same_records(workspace, simulator, "contacts")
-    contacts = next(
-        e.materialization.metadata
-        for e in result.get_asset_materialization_events()
-        if e.asset_key.path[-1] == "contacts"
-    )
+    contacts = materialized_metadata(result)["contacts"]
     assert set(changed) <= expected
     assert contacts["rows_loaded"].value == len(expected)
     assert contacts["dagster/row_count"].value == simulator.count("contacts")

@@ -13,7 +13,7 @@ from crm_assets.api import resource_names
 from crm_assets.resources import CRMWarehouse
 from crm_assets.simulator import CRMSimulator, Faults
 from crm_assets.sync_lock import sync_lock_paths
-from crm_assets_tests.conftest import Workspace, assert_same_records
+from crm_assets_tests.conftest import Workspace, assert_same_records, materialized_metadata
 from crm_assets_tests.fault_support import (
     DAGSTER_EXE,
     MATERIALIZE_ALL,
@@ -21,7 +21,6 @@ from crm_assets_tests.fault_support import (
     cli_env,
     duplicates,
     materialize_all,
-    materialized_metadata,
     open_instance,
     run_summaries,
     step_failure_message,

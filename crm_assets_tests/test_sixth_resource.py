@@ -9,7 +9,7 @@ from dagster import AssetKey, DagsterInstance, materialize
 from crm_assets import build_definitions
 from crm_assets.api import CRM_API
 from crm_assets.simulator import CRMSimulator
-from crm_assets_tests.conftest import Workspace
+from crm_assets_tests.conftest import Workspace, check_results, materialized_metadata
 
 TASK_COLUMNS = {
     "id": {
@@ -101,18 +101,13 @@ def test_a_sixth_resource_is_data_alone(workspace: Workspace, simulator: CRMSimu
     assert {r.path for r in simulator.requests()} == {"/v1/contacts", "/v1/tasks"}
     assert workspace.count("tasks") == 250
     assert workspace.column_types("tasks")["due_at"] == "TIMESTAMP WITH TIME ZONE"
-    metadata = next(
-        e.materialization.metadata
-        for e in result.get_asset_materialization_events()
-        if e.asset_key == AssetKey(["crm", "tasks"])
-    )
+    metadata = materialized_metadata(result)["tasks"]
     assert metadata["dagster/row_count"].value == 250
     assert metadata["pages_fetched"].value == 3
     checks = {
-        e.event_specific_data.check_name: e.event_specific_data.passed
-        for e in result.all_events
-        if e.event_type_value == "ASSET_CHECK_EVALUATION"
-        and e.event_specific_data.asset_key == AssetKey(["crm", "tasks"])
+        key.split(":", 1)[1]: passed
+        for key, (passed, _) in check_results(result).items()
+        if key.startswith("crm/tasks:")
     }
     assert checks == {
         "primary_key": True,
