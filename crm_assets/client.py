@@ -146,6 +146,14 @@ class ResourceStats:
     key_chunks: list[Any] = field(default_factory=list, repr=False)
 
 
+def select_records(body: Any, selector: str) -> Any:
+    """What the dotted `data_selector` path points at in a decoded page, or None."""
+    data = body
+    for part in selector.split("."):
+        data = data.get(part) if isinstance(data, dict) else None
+    return data
+
+
 def _describe(path: str, params: Mapping[str, Any]) -> str:
     query = "&".join(f"{k}={v}" for k, v in params.items())
     return f"{path}?{query}" if query else path
@@ -347,9 +355,7 @@ class CRMClient:
         except orjson.JSONDecodeError:
             return _Attempt(status=status, kind="malformed page (not JSON)", transient=True)
         if selector:
-            data: Any = body
-            for part in selector.split("."):
-                data = data.get(part) if isinstance(data, dict) else None
+            data = select_records(body, selector)
             if data is None:
                 return _Attempt(
                     status=status, kind=f"malformed page (no '{selector}')", transient=True
@@ -428,9 +434,8 @@ class CRMClient:
         stats = self.stats.setdefault(resource, ResourceStats())
 
         def select(body: Any) -> list[dict[str, Any]]:
-            data = body
-            for part in (selector or "").split(".") if selector else []:
-                data = data[part]
+            # `get` has checked the selector's path on this body already.
+            data = select_records(body, selector) if selector else body
             stats.records += len(data)
             return data
 
