@@ -213,7 +213,7 @@ class Simulator:
 
     def __enter__(self) -> Simulator:
         ready = self.workdir / "simulator.url"
-        cmd = [PYTHON, "-m", "crm_assets.simulator", "--port", "0", "--ready-file", str(ready)]
+        cmd = [PYTHON, "-m", "crm_simulator", "--port", "0", "--ready-file", str(ready)]
         for name, n in self.scenario.counts.items():
             cmd += ["--count", f"{name}={n}"]
         if self.scenario.latency_ms:

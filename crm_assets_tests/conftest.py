@@ -22,7 +22,7 @@ import pytest
 from dagster import AssetCheckKey, DagsterInstance, RunConfig, materialize
 
 from crm_assets.api import CRM_COLUMNS
-from crm_assets.simulator import CRMSimulator
+from crm_simulator import CRMSimulator
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 API_KEY = "sk-live-APIKEY-7f3a9c1e5b"

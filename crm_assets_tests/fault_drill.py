@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from crm_assets.api import resource_names
-from crm_assets.simulator import CRMSimulator, Faults
 from crm_assets_tests.fault_support import (
     TRANSIENT_KINDS,
     cli_env,
@@ -34,6 +33,7 @@ from crm_assets_tests.fault_support import (
     table_ids,
     transient_rates,
 )
+from crm_simulator import CRMSimulator, Faults
 
 API_KEY = "sk-live-APIKEY-7f3a9c1e5b"
 ACCESS_KEY = "ak-ACCESSKEY-4d8e2f6a0c"

@@ -12,7 +12,6 @@ from dagster import (
 import crm_assets
 from crm_assets.api import resource_names
 from crm_assets.assets import failure_summary
-from crm_assets.simulator import CRMSimulator
 from crm_assets_tests.conftest import (
     ACCESS_KEY,
     API_KEY,
@@ -20,6 +19,7 @@ from crm_assets_tests.conftest import (
     assert_same_records,
     sync_in_process,
 )
+from crm_simulator import CRMSimulator
 
 
 def run_sync(selection: list[str] | None = None):

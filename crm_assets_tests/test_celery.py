@@ -16,9 +16,9 @@ import kombu
 from dagster import DagsterEventType, DagsterInstance, EventRecordsFilter
 
 from crm_assets.api import resource_names
-from crm_assets.simulator import CRMSimulator
 from crm_assets_tests.conftest import Workspace, assert_same_records, clean_env, dagster_cli
 from crm_assets_tests.processes import BIN, running, start, wait_for, write_instance_yaml
+from crm_simulator import CRMSimulator
 
 BROKER = "pyamqp://guest:guest@127.0.0.1:5672//"
 

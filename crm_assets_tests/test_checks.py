@@ -9,7 +9,6 @@ from dagster import DagsterInstance
 
 import crm_assets
 from crm_assets.api import resource_names
-from crm_assets.simulator import CRMSimulator
 from crm_assets_tests.conftest import (
     SMALL_COUNTS,
     Workspace,
@@ -17,6 +16,7 @@ from crm_assets_tests.conftest import (
     materialized_metadata,
     sync_in_process,
 )
+from crm_simulator import CRMSimulator
 
 
 def sync_with_checks(selection: list[str] | None = None):

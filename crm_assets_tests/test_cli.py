@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from crm_assets.simulator import CRMSimulator
 from crm_assets_tests.conftest import (
     ACCESS_KEY,
     API_KEY,
@@ -13,6 +12,7 @@ from crm_assets_tests.conftest import (
     clean_env,
     materialize_cli,
 )
+from crm_simulator import CRMSimulator
 
 
 def test_materialize_one_asset_from_the_cli(workspace: Workspace, simulator: CRMSimulator) -> None:

@@ -21,7 +21,6 @@ from pathlib import Path
 import pytest
 
 from crm_assets.api import resource_names
-from crm_assets.simulator import CRMSimulator
 from crm_assets_tests.conftest import ACCESS_KEY, API_KEY, make_workspace
 from crm_assets_tests.fault_support import (
     DAGSTER_EXE,
@@ -32,6 +31,7 @@ from crm_assets_tests.fault_support import (
     run_cli,
     table_ids,
 )
+from crm_simulator import CRMSimulator
 
 # About 100,000 records: extract lasts seconds and load about half a second on 2 cores.
 CRASH_COUNTS = {

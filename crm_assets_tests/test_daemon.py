@@ -16,9 +16,9 @@ from dagster._core.definitions.freshness import FreshnessState
 
 import crm_assets
 from crm_assets.api import resource_names
-from crm_assets.simulator import CRMSimulator
 from crm_assets_tests.conftest import Workspace, assert_same_records, clean_env, dagster_cli
 from crm_assets_tests.processes import dagster_stack, wait_for, write_instance_yaml
+from crm_simulator import CRMSimulator
 
 EVERY_MINUTE = "* * * * *"
 WARN_AFTER_S = 75  # 60 s gap + min(1 h, 60 s / 4)

@@ -12,7 +12,6 @@ import pytest
 
 from crm_assets.api import CRM_API, resource_names
 from crm_assets.client import CRMAPIError, CRMClient, CRMConnection, RequestPolicy
-from crm_assets.simulator import CRMSimulator, Faults
 from crm_assets_tests.conftest import (
     ACCESS_KEY,
     API_KEY,
@@ -35,6 +34,7 @@ from crm_assets_tests.fault_support import (
     table_ids,
     transient_rates,
 )
+from crm_simulator import CRMSimulator, Faults
 
 SECRETS = (API_KEY, ACCESS_KEY)
 RETRY_LINE = re.compile(

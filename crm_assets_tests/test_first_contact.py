@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 
-from crm_assets.simulator import CRMSimulator
 from crm_assets_tests.conftest import (
     ACCESS_KEY,
     API_KEY,
@@ -36,6 +35,7 @@ from crm_assets_tests.processes import (
     free_port,
     write_instance_yaml,
 )
+from crm_simulator import CRMSimulator
 
 MISSING_API_KEY = "CRM_API_KEY is not set: export CRM_API_KEY where dagster dev, the daemon"
 
@@ -109,7 +109,7 @@ def test_simulator_on_a_port_in_use_is_one_line(simulator: CRMSimulator) -> None
     """A second simulator on the first one's port (`make demo` twice, say)."""
     port = int(simulator.base_url.rsplit(":", 1)[1].split("/")[0])
     done = subprocess.run(
-        [sys.executable, "-m", "crm_assets.simulator", "--port", str(port)],
+        [sys.executable, "-m", "crm_simulator", "--port", str(port)],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,

@@ -5,13 +5,13 @@ from __future__ import annotations
 import shutil
 
 from crm_assets.api import resource_names
-from crm_assets.simulator import CRMSimulator, Faults
 from crm_assets_tests.conftest import (
     Workspace,
     assert_same_records,
     materialized_metadata,
     sync_in_process,
 )
+from crm_simulator import CRMSimulator, Faults
 
 
 def sync(selection: list[str] | None = None, full_refresh: bool = False):

@@ -11,7 +11,6 @@ import pytest
 
 from crm_assets.api import resource_names
 from crm_assets.resources import CRMWarehouse
-from crm_assets.simulator import CRMSimulator, Faults
 from crm_assets.sync_lock import sync_lock_paths
 from crm_assets_tests.conftest import Workspace, assert_same_records, materialized_metadata
 from crm_assets_tests.fault_support import (
@@ -26,6 +25,7 @@ from crm_assets_tests.fault_support import (
     step_failure_message,
     table_ids,
 )
+from crm_simulator import CRMSimulator, Faults
 
 WAITING = "another sync holds"
 

@@ -19,9 +19,9 @@ from psycopg2 import sql
 
 import crm_assets
 from crm_assets.api import resource_names
-from crm_assets.simulator import CRMSimulator
 from crm_assets_tests.conftest import Workspace, clean_env, dagster_cli
 from crm_assets_tests.processes import REPO_ROOT
+from crm_simulator import CRMSimulator
 
 # Trust auth ignores the password, but dlt refuses credentials without one.
 SERVER = "postgresql://postgres:postgres@127.0.0.1:5432"

@@ -18,7 +18,6 @@ import pytest
 from dagster._serdes import serialize_value
 
 from crm_assets.api import resource_names
-from crm_assets.simulator import CRMSimulator, Faults
 from crm_assets_tests.conftest import ACCESS_KEY, API_KEY, SMALL_COUNTS, Workspace
 from crm_assets_tests.fault_support import (
     count_secrets,
@@ -26,6 +25,7 @@ from crm_assets_tests.fault_support import (
     materialize_all,
     transient_rates,
 )
+from crm_simulator import CRMSimulator, Faults
 
 SECRETS = (API_KEY, ACCESS_KEY)
 QUERY_KEY_NAME = "access_key"

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import requests
 
-from crm_assets.simulator import RESOURCES, CRMSimulator, Faults
+from crm_simulator import RESOURCES, CRMSimulator, Faults
 
 KEY = "sim-test-APIKEY-93b1"
 ACCESS = "sim-test-ACCESSKEY-5c2e"
@@ -419,7 +419,7 @@ def test_request_log_holds_no_secrets() -> None:
 def _cli(*args: str, **kwargs: Any) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "CRM_API_KEY": KEY, "CRM_ACCESS_KEY": ACCESS}
     return subprocess.Popen(
-        [sys.executable, "-m", "crm_assets.simulator", *args],
+        [sys.executable, "-m", "crm_simulator", *args],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -8,8 +8,8 @@ from dagster import AssetKey, DagsterInstance, materialize
 
 from crm_assets import build_definitions
 from crm_assets.api import CRM_API
-from crm_assets.simulator import CRMSimulator
 from crm_assets_tests.conftest import Workspace, check_results, materialized_metadata
+from crm_simulator import CRMSimulator
 
 TASK_COLUMNS = {
     "id": {

@@ -12,9 +12,9 @@ import pytest
 
 from crm_assets.api import CRM_API, CRM_COLUMNS, resource_names
 from crm_assets.client import CRMClient, CRMConnection
-from crm_assets.simulator import CRMSimulator
 from crm_assets.source import crm_source, records_to_table
 from crm_assets_tests.conftest import ACCESS_KEY, API_KEY, Workspace, assert_same_records
+from crm_simulator import CRMSimulator
 
 
 def run_source(simulator: CRMSimulator, root: Path, config=CRM_API, log=None):

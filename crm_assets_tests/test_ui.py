@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from crm_assets.api import resource_names
-from crm_assets.simulator import CRMSimulator
 from crm_assets_tests.conftest import (
     ACCESS_KEY,
     API_KEY,
@@ -28,6 +27,7 @@ from crm_assets_tests.processes import (
     wait_for,
     write_instance_yaml,
 )
+from crm_simulator import CRMSimulator
 
 CHROMIUM = Path("/usr/bin/chromium")
 # Without the background-networking flags Chromium keeps dialling Google's hosts, which this

@@ -20,7 +20,7 @@ Usage
         sim.records("customers")        # ground truth, exactly as served
         sim.requests("customers")       # request log (secrets replaced by "***")
 
-    Console: ``crm-simulator --help`` / ``python -m crm_assets.simulator --help``.
+    Console: ``crm-simulator --help`` / ``python -m crm_simulator --help``.
 
 Design notes (why it looks like this)
     * Records are generated once per resource (deterministically, see ``records.py``) and kept

@@ -17,7 +17,7 @@ import duckdb
 
 from crm_assets.api import resource_names
 from crm_assets.resources import DEFAULT_DUCKDB_PATH, REPO_ROOT
-from crm_assets.simulator import DEFAULT_COUNTS, CRMSimulator
+from crm_simulator import DEFAULT_COUNTS, CRMSimulator
 
 DEMO_API_KEY = "demo-api-key"
 DEMO_ACCESS_KEY = "demo-access-key"

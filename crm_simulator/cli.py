@@ -1,4 +1,4 @@
-"""``crm-simulator`` / ``python -m crm_assets.simulator``: run the CRM API simulator."""
+"""``crm-simulator`` / ``python -m crm_simulator``: run the CRM API simulator."""
 
 from __future__ import annotations
 
