@@ -10,14 +10,17 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
-from crm_simulator import RESOURCES, CRMSimulator, Faults
+from crm_assets.api import CRM_COLUMNS
+from crm_simulator import PROFILES, RESOURCES, CRMSimulator, Faults
 
 KEY = "sim-test-APIKEY-93b1"
 ACCESS = "sim-test-ACCESSKEY-5c2e"
@@ -469,3 +472,410 @@ def test_cli_serves_until_sigterm_and_reports_a_busy_port(tmp_path: Path) -> Non
         "(or --port 0 for a free one)\n"
     )
     assert refused_out == ""
+
+
+# --- data profiles ------------------------------------------------------------------------------
+SF_ID = re.compile(r"^(001|003|500|00Q|006)5g0[0-9A-Za-z]{9}[A-Z0-5]{3}$")
+SF_PREFIX = {
+    "customers": "001",
+    "contacts": "003",
+    "cases": "500",
+    "leads": "00Q",
+    "opportunities": "006",
+}
+# column -> referenced resource, per resource (as the declared schema's references say)
+REFERENCES = {
+    "contacts": {"customer_id": "customers"},
+    "cases": {"customer_id": "customers", "contact_id": "contacts"},
+    "leads": {"contact_id": "contacts"},
+    "opportunities": {"customer_id": "customers", "contact_id": "contacts"},
+}
+
+
+def fetch_all(
+    http: requests.Session, sim: CRMSimulator, resource: str, **params: Any
+) -> tuple[list[dict[str, Any]], list[int]]:
+    """Every record over HTTP, plus the total each page reported."""
+    if resource == "cases":
+        body = get(http, sim, resource, **params).json()
+        return body["data"], [body["total"]]
+    records: list[dict[str, Any]] = []
+    totals: list[int] = []
+    while True:
+        body = get(http, sim, resource, startIndex=len(records), limit=100, **params).json()
+        totals.append(body["total"])
+        if not body["data"]:
+            return records, totals
+        records.extend(body["data"])
+
+
+def _is_sf_id(value: Any, resource: str) -> bool:
+    return isinstance(value, str) and bool(SF_ID.match(value)) and value[:3] == SF_PREFIX[resource]
+
+
+def _is_uuid4(value: Any) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        parsed = uuid.UUID(value)
+    except ValueError:
+        return False
+    return str(parsed) == value and parsed.version == 4
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+@pytest.fixture(params=PROFILES)
+def any_profile(request: pytest.FixtureRequest) -> Iterator[CRMSimulator]:
+    with CRMSimulator(COUNTS, api_key=KEY, access_key=ACCESS, profile=request.param) as s:
+        yield s
+
+
+def test_every_profile_pages_exact_totals_and_valid_references(
+    any_profile: CRMSimulator, http: requests.Session
+) -> None:
+    sim = any_profile
+    served: dict[str, list[dict[str, Any]]] = {}
+    for resource in RESOURCES:
+        records, totals = fetch_all(http, sim, resource)
+        assert set(totals) == {COUNTS[resource]} and len(records) == COUNTS[resource]
+        assert records == sim.records(resource)
+        ids = [r["id"] for r in records]
+        assert len(set(ids)) == len(ids) and ids == sim.ids(resource)
+        if sim.profile == "declared":
+            assert ids == list(range(1, COUNTS[resource] + 1))
+        elif sim.profile == "crm":
+            assert all(_is_sf_id(i, resource) for i in ids)
+            assert ids == sorted(ids)  # fixed width, base-62 digits in ASCII order
+        else:
+            assert all(_is_uuid4(i) for i in ids)
+        served[resource] = records
+    for resource, refs in REFERENCES.items():
+        for column, target in refs.items():
+            known = {r["id"] for r in served[target]}
+            values = [r[column] for r in served[resource] if r.get(column) is not None]
+            assert values and set(values) <= known, (resource, column)
+
+
+def test_profile_ids_are_deterministic_and_seeded() -> None:
+    small = {name: 30 for name in RESOURCES}
+    for profile in ("crm", "uuid"):
+        bodies: list[list[bytes]] = []
+        for seed in (5, 5, 6):
+            with CRMSimulator(small, api_key=KEY, access_key=None, seed=seed, profile=profile) as s:
+                bodies.append(
+                    [
+                        requests.get(
+                            f"{s.base_url}/v1/{r}", params={"api_key": KEY}, timeout=5
+                        ).content
+                        for r in RESOURCES
+                    ]
+                )
+        assert bodies[0] == bodies[1]
+        assert all(a != b for a, b in zip(bodies[0], bodies[2], strict=True))
+    # The uuid profile's ids come from the seed; the crm profile's from the ordinal alone.
+    assert CRMSimulator(small, seed=1, profile="uuid").ids("leads") != CRMSimulator(
+        small, seed=2, profile="uuid"
+    ).ids("leads")
+    with pytest.raises(ValueError, match="unknown profile"):
+        CRMSimulator(profile="hubspot")
+
+
+def _walk(value: Any) -> Iterator[Any]:
+    """Every value nested in ``value``, itself included."""
+    yield value
+    if isinstance(value, dict):
+        for item in value.values():
+            yield from _walk(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _walk(item)
+
+
+def test_crm_profile_is_shaped_like_a_real_crm(http: requests.Session) -> None:
+    with CRMSimulator(COUNTS, api_key=KEY, access_key=ACCESS, profile="crm") as sim:
+        data = {resource: fetch_all(http, sim, resource)[0] for resource in RESOURCES}
+    for resource, records in data.items():
+        declared = set(CRM_COLUMNS[resource])
+        for rec in records:
+            assert "updated_at" in rec and TS_RE.match(rec["updated_at"])
+            undeclared = set(rec) - declared
+            # camelCase fields the schema does not declare, one of them colliding with a
+            # declared field once snake_cased, on the same record.
+            assert any(k != _snake(k) for k in undeclared), resource
+            assert any(k != _snake(k) and _snake(k) in rec for k in undeclared), resource
+    collisions = {
+        "customers": ("createdAt", "created_at"),
+        "contacts": ("isPrimary", "is_primary"),
+        "cases": ("openedAt", "opened_at"),
+        "leads": ("createdAt", "created_at"),
+        "opportunities": ("expectedCloseDate", "expected_close_date"),
+    }
+    for resource, (camel, snake) in collisions.items():
+        assert all(r[camel] != r[snake] for r in data[resource])
+    customers, contacts = data["customers"], data["contacts"]
+    assert isinstance(customers[0]["createdAt"], int)  # epoch milliseconds
+    # Declared fields this CRM never sends.
+    assert "employee_count" in CRM_COLUMNS["customers"]
+    assert not any("employee_count" in c for c in customers)
+    assert not any("social" in c for c in contacts)
+    # Numbers in columns declared as text, beside ordinary text.
+    for records, column in ((customers, "phone"), (customers, "industry"), (contacts, "title")):
+        kinds = {type(r[column]) for r in records if r[column] is not None}
+        assert kinds == {int, str}, column
+    # Money with more decimals than the declared scale of 2.
+    assert all(_decimals(o["amount"]) > 2 for o in data["opportunities"])
+    values = [lead["estimated_value"] for lead in data["leads"] if lead["estimated_value"]]
+    assert values and all(_decimals(v) == 3 for v in values)
+    # Undeclared timestamps in other ISO forms, all parsable.
+    strings = [
+        v
+        for resource, records in data.items()
+        for rec in records
+        for key, value in rec.items()
+        if key not in CRM_COLUMNS[resource]
+        for v in _walk(value)
+        if isinstance(v, str)
+    ]
+    forms = {
+        "+02:00 with microseconds": r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+02:00$",
+        "-05:00": r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d-05:00$",
+        "Z with microseconds": r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$",
+        "date only": r"^\d{4}-\d\d-\d\d$",
+    }
+    for form, pattern in forms.items():
+        matching = [s for s in strings if re.match(pattern, s)]
+        assert matching, form
+        for text in matching:
+            datetime.fromisoformat(text)
+    # Undeclared nested objects and lists.
+    assert all(isinstance(c["customFields"], dict) for c in customers)
+    assert any(c["segments"] and isinstance(c["segments"][0], dict) for c in customers)
+    assert any(o["stageHistory"] for o in data["opportunities"])
+    assert all(re.match(r"^\d{8}$", case["caseNumber"]) for case in data["cases"])
+
+
+def test_uuid_profile_has_mixed_types_zero_padded_refs_and_nested_lists(
+    http: requests.Session,
+) -> None:
+    with CRMSimulator(COUNTS, api_key=KEY, access_key=ACCESS, profile="uuid") as sim:
+        data = {resource: fetch_all(http, sim, resource)[0] for resource in RESOURCES}
+    scores = [lead["score"] for lead in data["leads"]]
+    assert {type(s) for s in scores} == {int, str}
+    assert {s for s in scores if isinstance(s, str)} == {"n/a"}
+    assert all(0 <= s <= 100 for s in scores if isinstance(s, int))
+    for resource in ("customers", "opportunities"):
+        refs = [r["external_ref"] for r in data[resource]]
+        assert all(isinstance(x, str) and x.isdigit() and x.startswith("0") for x in refs)
+        assert all(len(x) == 6 for x in refs)
+    locations = [loc for c in data["customers"] for loc in c["locations"]]
+    assert locations and all(isinstance(loc["phones"], list) for loc in locations)
+    assert any(c["phone_numbers"] for c in data["contacts"])
+    # Every declared field is sent.
+    for resource, records in data.items():
+        assert all(set(CRM_COLUMNS[resource]) <= set(r) for r in records)
+
+
+@pytest.mark.parametrize("profile", ["crm", "uuid"])
+def test_mutations_with_string_ids(http: requests.Session, profile: str) -> None:
+    with CRMSimulator(COUNTS, api_key=KEY, access_key=ACCESS, profile=profile) as sim:
+        before = {r["id"]: r for r in sim.records("opportunities")}
+        newest = max(r["updated_at"] for r in before.values())
+        changed = sim.update_records("opportunities", 4)
+        added = sim.insert_records("opportunities", 3)
+        assert all(isinstance(i, str) for i in changed + added)
+        assert not set(added) & set(before) and len(set(added)) == 3
+        if profile == "crm":
+            assert all(_is_sf_id(i, "opportunities") for i in added)
+            assert added == sorted(added) and added[0] > max(before)
+        else:
+            assert all(_is_uuid4(i) for i in added)
+        body = get(http, sim, "opportunities", updated_since=newest.replace("Z", ".5Z")).json()
+        assert [r["id"] for r in body["data"]] == changed + added
+        for record in body["data"][: len(changed)]:
+            old = before[record["id"]]
+            assert sum(record[k] != old[k] for k in record) == 2  # updated_at + one field
+            if profile == "crm":  # the update keeps the CRM's money precision
+                assert _decimals(record["amount"]) > 2
+        customers = set(sim.ids("customers"))
+        assert all(r["customer_id"] in customers for r in body["data"][len(changed) :])
+
+        customer_ids = sim.ids("customers")
+        target = customer_ids[17]
+        assert sim.position_of("customers", target) == 17
+        sim.set_field("customers", target, "loyalty_tier", "gold")
+        page = get(http, sim, "customers", startIndex=17, limit=1).json()["data"]
+        assert page[0]["id"] == target and page[0]["loyalty_tier"] == "gold"
+        if profile == "crm":  # even with customers never sending employee_count
+            sim.update_records("customers", 5)
+            assert not any("employee_count" in c for c in sim.records("customers"))
+        with pytest.raises(KeyError):
+            sim.set_field("customers", "no-such-id", "name", "x")
+        # Collections added at run time: given ids are kept, inserts continue the id form.
+        sim.add_resource("notes", [{"id": f"N-{i}", "updated_at": newest} for i in range(3)])
+        (note,) = sim.insert_records("notes", 1)
+        assert isinstance(note, str) and note not in {"N-0", "N-1", "N-2"}
+        assert sim.ids("notes")[-1] == note
+
+
+# --- strict parameters ----------------------------------------------------------------------------
+def test_strict_params_refuse_unknown_names_without_echoing_values() -> None:
+    with CRMSimulator(
+        COUNTS,
+        api_key=KEY,
+        access_key=ACCESS,
+        access_key_name="ak",
+        access_key_location="query",
+        strict_params=True,
+        filter_param="modified_after",
+    ) as s:
+
+        def call(resource: str, **params: Any) -> requests.Response:
+            return requests.get(
+                f"{s.base_url}/v1/{resource}",
+                params={"api_key": KEY, "ak": ACCESS, **params},
+                timeout=5,
+            )
+
+        ok = call("leads", startIndex=5, limit=10, modified_after="2024-06-01T00:00:00Z")
+        assert ok.status_code == 200 and ok.json()["total"] < COUNTS["leads"]
+        assert call("cases", modified_after="2024-06-01T00:00:00Z").status_code == 200
+        cases = [
+            ("leads", {"updated_since": "2024-06-01T00:00:00Z"}, "updated_since"),
+            ("leads", {"limit": 5, "offset": 10}, "offset"),
+            ("cases", {"startIndex": 0}, "startIndex"),  # cases are not paged
+            ("customers", {"token": KEY}, "token"),
+            ("customers", {"fields": ACCESS, "sort": "id"}, "fields"),
+        ]
+        for resource, params, name in cases:
+            r = call(resource, **params)
+            assert (r.status_code, r.json()) == (
+                400,
+                {"error": f"unknown query parameter: {name}"},
+            )
+            assert KEY not in r.text and ACCESS not in r.text
+        # A secret where a parameter name goes is not echoed either.
+        r = requests.get(f"{s.base_url}/v1/leads?api_key={KEY}&ak={ACCESS}&{KEY}=1", timeout=5)
+        assert r.status_code == 400 and KEY not in r.text
+        # Authentication still comes first.
+        assert call("leads", api_key="wrong", bogus=1).status_code == 401
+        assert all(KEY not in repr(e) and ACCESS not in repr(e) for e in s.requests())
+
+
+def test_lenient_params_and_other_filter_names(http: requests.Session) -> None:
+    with CRMSimulator(COUNTS, api_key=KEY, access_key=ACCESS, filter_param=None) as s:
+        r = get(http, s, "customers", updated_since="2030-01-01T00:00:00Z", bogus="x")
+        assert r.status_code == 200 and r.json()["total"] == COUNTS["customers"]
+        s.strict_params = True  # read per request
+        r = get(http, s, "customers", updated_since="2030-01-01T00:00:00Z")
+        assert r.json() == {"error": "unknown query parameter: updated_since"}
+    with CRMSimulator(COUNTS, api_key=KEY, access_key=ACCESS, filter_param="since") as s:
+        assert get(http, s, "leads", since="2030-01-01T00:00:00Z").json()["total"] == 0
+        bad = get(http, s, "leads", since="soon")
+        assert bad.json() == {"error": "since must be an ISO-8601 timestamp"}
+    for clash in ("limit", "api_key", ""):
+        with pytest.raises(ValueError):
+            CRMSimulator(filter_param=clash)
+
+
+# --- deletions ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("profile", PROFILES)
+def test_delete_and_restore(http: requests.Session, profile: str) -> None:
+    with CRMSimulator(COUNTS, api_key=KEY, access_key=ACCESS, profile=profile) as sim:
+        before = sim.records("contacts")
+        ids = [r["id"] for r in before]
+        cutoff = sorted(r["updated_at"] for r in before)[200]
+        # A filtered request first, so the updated_since cache holds this cutoff.
+        assert get(http, sim, "contacts", updated_since=cutoff).json()["total"] == len(ids) - 200
+
+        deleted = sim.delete_records("contacts", 6)
+        assert len(set(deleted)) == 6 and set(deleted) <= set(ids)
+        kept = [i for i in ids if i not in deleted]
+        first, hundredth = kept[0], kept[100]
+        assert sim.delete_records("contacts", [hundredth, first]) == [first, hundredth]
+        gone = {*deleted, first, hundredth}
+        records, totals = fetch_all(http, sim, "contacts")
+        assert set(totals) == {COUNTS["contacts"] - 8}
+        assert [r["id"] for r in records] == [i for i in ids if i not in gone]
+        assert sim.ids("contacts") == [r["id"] for r in records]
+        recent = sum(r["updated_at"] >= cutoff for r in before if r["id"] not in gone)
+        assert get(http, sim, "contacts", updated_since=cutoff).json()["total"] == recent
+        with pytest.raises(KeyError):
+            sim.delete_records("contacts", [first])  # already deleted
+        with pytest.raises(KeyError):
+            sim.restore_records("contacts", [kept[1]])  # never deleted
+
+        # Inserts never reuse a deleted id.
+        (fresh,) = sim.insert_records("contacts", 1)
+        assert fresh not in ids
+
+        newest = max(r["updated_at"] for r in sim.records("contacts"))
+        assert sim.restore_records("contacts", [hundredth, first]) == [hundredth, first]
+        # Back in their places: served order is creation order again, the insert last.
+        assert sim.ids("contacts") == kept + [fresh]
+        assert sim.position_of("contacts", hundredth) == 100
+        restored = [r for r in sim.records("contacts") if r["id"] in (first, hundredth)]
+        assert all(r["updated_at"] > newest for r in restored)
+        later = get(http, sim, "contacts", updated_since=newest.replace("Z", ".5Z")).json()
+        assert [r["id"] for r in later["data"]] == [first, hundredth]
+        assert get(http, sim, "contacts").json()["total"] == COUNTS["contacts"] - 6 + 1
+
+
+def test_delete_from_an_added_collection_and_unpaged_cases(http: requests.Session) -> None:
+    with CRMSimulator(COUNTS, api_key=KEY, access_key=ACCESS) as sim:
+        tasks = [{"id": i, "updated_at": "2024-06-01T00:00:00Z"} for i in range(1, 11)]
+        sim.add_resource("tasks", tasks)
+        assert sim.delete_records("tasks", [3, 4]) == [3, 4]
+        assert sim.insert_records("tasks", 1) == [11]
+        assert sim.restore_records("tasks", [4]) == [4]
+        assert sim.ids("tasks") == [1, 2, 4, 5, 6, 7, 8, 9, 10, 11]
+        deleted = sim.delete_records("cases", 20)
+        body = get(http, sim, "cases").json()
+        assert body["total"] == 100 and not {r["id"] for r in body["data"]} & set(deleted)
+
+
+def test_cli_profile_strict_params_and_filter_options(tmp_path: Path) -> None:
+    ready = tmp_path / "url"
+    clash = _cli("--port", "0", "--filter-param", "limit")
+    proc = _cli(
+        "--port",
+        "0",
+        "--scale",
+        "0.01",
+        "--profile",
+        "uuid",
+        "--strict-params",
+        "--no-filter",
+        "--ready-file",
+        str(ready),
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().strip()
+        assert line.endswith("opportunities=15; profile uuid)")
+        base = ready.read_text().strip()
+
+        def call(**params: Any) -> requests.Response:
+            return requests.get(
+                f"{base}/v1/leads",
+                params={"api_key": KEY, **params},
+                headers={"X-Access-Key": ACCESS},
+                timeout=5,
+            )
+
+        body = call(limit=5).json()
+        assert body["total"] == 20 and all(_is_uuid4(r["id"]) for r in body["data"])
+        assert call(updated_since="2024-01-01T00:00:00Z").json() == {
+            "error": "unknown query parameter: updated_since"
+        }
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=20)
+        clash_out, clash_err = clash.communicate(timeout=60)
+    finally:
+        proc.kill()
+        clash.kill()
+    assert proc.returncode == 0 and out == "" and KEY not in err
+    assert clash.returncode == 2 and clash_out == ""
+    assert "filter_param 'limit'" in clash_err

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .faults import Faults
+from .profiles import PROFILES
 from .records import DEFAULT_COUNTS, RESOURCES
 from .server import CRMSimulator
 
@@ -60,6 +61,33 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--access-key-location", choices=("header", "query"), default="header")
     parser.add_argument("--seed", type=int, default=42, help="data seed (default %(default)s)")
+    parser.add_argument(
+        "--profile",
+        choices=PROFILES,
+        default="declared",
+        help="which CRM to be: records as the declared schema has them (declared), shaped like "
+        "a real CRM's with string ids and undeclared fields (crm), or with UUID ids (uuid); "
+        "default %(default)s",
+    )
+    parser.add_argument(
+        "--strict-params",
+        action="store_true",
+        help="answer 400 to any query parameter the CRM does not know",
+    )
+    incremental = parser.add_mutually_exclusive_group()
+    incremental.add_argument(
+        "--filter-param",
+        default="updated_since",
+        metavar="NAME",
+        help="query parameter of the incremental filter (updated_at >= value); default %(default)s",
+    )
+    incremental.add_argument(
+        "--no-filter",
+        dest="filter_param",
+        action="store_const",
+        const=None,
+        help="the CRM has no incremental filter",
+    )
     parser.add_argument(
         "--count",
         action="append",
@@ -184,19 +212,26 @@ def main(argv: list[str] | None = None) -> int:
         else os.environ.get("CRM_ACCESS_KEY", "demo-access-key")
     )
 
-    sim = CRMSimulator(
-        counts,
-        api_key=api_key,
-        access_key=access_key or None,
-        access_key_name=args.access_key_name,
-        access_key_location=args.access_key_location,
-        seed=args.seed,
-        faults=faults,
-        latency_ms=args.latency_ms,
-        rate_limit=args.rate_limit,
-        host=args.host,
-        port=args.port,
-    )
+    try:
+        sim = CRMSimulator(
+            counts,
+            api_key=api_key,
+            access_key=access_key or None,
+            access_key_name=args.access_key_name,
+            access_key_location=args.access_key_location,
+            seed=args.seed,
+            faults=faults,
+            latency_ms=args.latency_ms,
+            rate_limit=args.rate_limit,
+            host=args.host,
+            port=args.port,
+            profile=args.profile,
+            strict_params=args.strict_params,
+            filter_param=args.filter_param,
+        )
+    except ValueError as exc:
+        # Options that contradict each other, e.g. --filter-param limit.
+        parser.error(str(exc))
     stop = threading.Event()
     previous: dict[int, Any] = {}
     if threading.current_thread() is threading.main_thread():
@@ -237,6 +272,8 @@ def _serve(
             tmp.replace(args.ready_file)
         # Printed after the ready file exists, so whoever reads this line can also read the file.
         summary = ", ".join(f"{name}={n}" for name, n in counts.items())
+        if sim.profile != "declared":
+            summary += f"; profile {sim.profile}"
         print(f"CRM simulator listening on {sim.base_url} ({summary})", flush=True)
         while not stop.wait(0.5):
             pass

@@ -300,17 +300,36 @@ _PRIORITIES = ("low", "normal", "high", "urgent")
 _CASE_STATUS = ("open", "open", "pending", "closed", "closed")  # weighted: 40/20/40
 
 
+def _ordinal_is_id(ordinal: int) -> int:
+    return ordinal
+
+
 class Refs:
-    """Counts of the referenced resources (ids are 1..count), fixed when a resource generates."""
+    """What a generator may reference: the counts of customers and contacts (their ordinals are
+    1..count, fixed when a resource generates) and how an ordinal becomes that resource's id.
 
-    __slots__ = ("customers", "contacts")
+    The declared generators draw ordinals, which are the ids in the declared profile; profiles
+    with other id forms map them with ``customer_id``/``contact_id`` (see ``profiles.py``).
+    """
 
-    def __init__(self, customers: int, contacts: int) -> None:
+    __slots__ = ("customers", "contacts", "customer_id", "contact_id")
+
+    def __init__(
+        self,
+        customers: int,
+        contacts: int,
+        customer_id: Callable[[int], Any] = _ordinal_is_id,
+        contact_id: Callable[[int], Any] = _ordinal_is_id,
+    ) -> None:
         self.customers = customers
         self.contacts = contacts
+        self.customer_id = customer_id
+        self.contact_id = contact_id
 
 
-# A generator returns (record, updated_at epoch) so the store needs no parsing to index it.
+# A generator gets (rng, ordinal, lo, hi, refs) and returns (record, updated_at epoch) so the
+# store needs no parsing to index it. The ordinal is the record's 1-based place in creation order;
+# in the declared profile it is also the id.
 Generator = Callable[[random.Random, int, int, int, Refs], tuple[dict[str, Any], int]]
 
 
@@ -331,9 +350,18 @@ def _money(r: Callable[[], float], max_cents: int) -> float:
     return int(r() * max_cents) / 100
 
 
+# Each gen_<x> wraps <x>_record, which also returns the created (cases: opened) epoch: the other
+# profiles (profiles.py) derive further timestamps from it without parsing them back.
 def gen_customer(
     rng: random.Random, rid: int, lo: int, hi: int, refs: Refs
 ) -> tuple[dict[str, Any], int]:
+    rec, _created, updated = customer_record(rng, rid, lo, hi, refs)
+    return rec, updated
+
+
+def customer_record(
+    rng: random.Random, rid: int, lo: int, hi: int, refs: Refs
+) -> tuple[dict[str, Any], int, int]:
     r = rng.random
     word, slug = _pick(r, _COMPANY_WORD)
     last, _ = _pick(r, _LAST)
@@ -368,12 +396,19 @@ def gen_customer(
         "created_at": iso(created),
         "updated_at": iso(updated),
     }
-    return rec, updated
+    return rec, created, updated
 
 
 def gen_contact(
     rng: random.Random, rid: int, lo: int, hi: int, refs: Refs
 ) -> tuple[dict[str, Any], int]:
+    rec, _created, updated = contact_record(rng, rid, lo, hi, refs)
+    return rec, updated
+
+
+def contact_record(
+    rng: random.Random, rid: int, lo: int, hi: int, refs: Refs
+) -> tuple[dict[str, Any], int, int]:
     r = rng.random
     first, first_a = _pick(r, _FIRST)
     last, last_a = _pick(r, _LAST)
@@ -400,12 +435,19 @@ def gen_contact(
         "created_at": iso(created),
         "updated_at": iso(updated),
     }
-    return rec, updated
+    return rec, created, updated
 
 
 def gen_case(
     rng: random.Random, rid: int, lo: int, hi: int, refs: Refs
 ) -> tuple[dict[str, Any], int]:
+    rec, _opened, updated = case_record(rng, rid, lo, hi, refs)
+    return rec, updated
+
+
+def case_record(
+    rng: random.Random, rid: int, lo: int, hi: int, refs: Refs
+) -> tuple[dict[str, Any], int, int]:
     r = rng.random
     opened = lo + int(r() * (hi - lo))
     status = _pick(r, _CASE_STATUS)
@@ -438,12 +480,19 @@ def gen_case(
         "comments": comments,
         "updated_at": iso(updated),
     }
-    return rec, updated
+    return rec, opened, updated
 
 
 def gen_lead(
     rng: random.Random, rid: int, lo: int, hi: int, refs: Refs
 ) -> tuple[dict[str, Any], int]:
+    rec, _created, updated = lead_record(rng, rid, lo, hi, refs)
+    return rec, updated
+
+
+def lead_record(
+    rng: random.Random, rid: int, lo: int, hi: int, refs: Refs
+) -> tuple[dict[str, Any], int, int]:
     r = rng.random
     first, first_a = _pick(r, _FIRST)
     last, last_a = _pick(r, _LAST)
@@ -465,12 +514,19 @@ def gen_lead(
         "created_at": iso(created),
         "updated_at": iso(updated),
     }
-    return rec, updated
+    return rec, created, updated
 
 
 def gen_opportunity(
     rng: random.Random, rid: int, lo: int, hi: int, refs: Refs
 ) -> tuple[dict[str, Any], int]:
+    rec, _created, updated = opportunity_record(rng, rid, lo, hi, refs)
+    return rec, updated
+
+
+def opportunity_record(
+    rng: random.Random, rid: int, lo: int, hi: int, refs: Refs
+) -> tuple[dict[str, Any], int, int]:
     r = rng.random
     created, updated = _span(r, lo, hi)
     stage = _pick(r, _STAGES)
@@ -508,7 +564,7 @@ def gen_opportunity(
         "created_at": iso(created),
         "updated_at": iso(updated),
     }
-    return rec, updated
+    return rec, created, updated
 
 
 GENERATORS: Mapping[str, Generator] = {

@@ -8,9 +8,19 @@ Contract
     ``{"error": "invalid access key"}``); an access key of None is not checked.
     Paging (all but cases): ``startIndex`` (default 0) and ``limit`` (default 100, silently capped
     at 100); body ``{"data": [...], "total": n, "startIndex": i, "limit": effective_limit}``,
-    records in id order. Cases come on one page: ``{"data": [...], "total": n}``.
-    ``updated_since`` (ISO-8601) keeps records with ``updated_at >= updated_since``; paging and
-    total apply to the filtered set. Bad parameters give 400 ``{"error": "..."}``.
+    records in creation order (id order unless ids are UUIDs). Cases come on one page:
+    ``{"data": [...], "total": n}``.
+    The incremental filter, ``updated_since`` unless ``filter_param`` names another parameter
+    (None: the CRM has none), keeps records with ``updated_at >=`` its ISO-8601 value; paging and
+    total apply to the filtered set. Bad parameters give 400 ``{"error": "..."}``. Parameters the
+    CRM does not know are ignored, or with ``strict_params`` answered 400
+    ``{"error": "unknown query parameter: <name>"}``.
+
+Data profiles (``profile=``, see ``profiles.py``)
+    "declared" serves records as the declared schema has them (integer ids); "crm" serves records
+    shaped like a real CRM's (Salesforce-like string ids, undeclared and camelCase fields, numbers
+    in text columns, other timestamp forms, more money decimals); "uuid" has UUID ids and a few
+    awkward columns. Mutations (update/insert/delete/restore/set_field) work with every id form.
 
 Usage
     with CRMSimulator(counts={"customers": 250}, faults=Faults(rate_503=0.1)) as sim:
@@ -18,6 +28,7 @@ Usage
                      params={"api_key": "test-api-key"},
                      headers={"X-Access-Key": "test-access-key"})
         sim.records("customers")        # ground truth, exactly as served
+        sim.delete_records("customers", 5); sim.update_records("leads", 10)
         sim.requests("customers")       # request log (secrets replaced by "***")
 
     Console: ``crm-simulator --help`` / ``python -m crm_simulator --help``.
@@ -41,6 +52,7 @@ Design notes (why it looks like this)
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import hmac
 import http
@@ -51,7 +63,8 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Mapping
+from array import array
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -60,11 +73,11 @@ from urllib.parse import parse_qsl
 import orjson
 
 from .faults import FAULT_KINDS, FaultPicker, Faults
+from .profiles import PROFILES, IdForm, Profile, make_profile
 from .records import (
     BASE_EPOCH,
     DEFAULT_COUNTS,
     END_EPOCH,
-    GENERATORS,
     RESOURCES,
     Refs,
     iso,
@@ -72,7 +85,7 @@ from .records import (
     resource_rng,
 )
 
-__all__ = ["RESOURCES", "DEFAULT_COUNTS", "Faults", "RequestLog", "CRMSimulator"]
+__all__ = ["RESOURCES", "DEFAULT_COUNTS", "PROFILES", "Faults", "RequestLog", "CRMSimulator"]
 
 MAX_LIMIT = 100
 _UNPAGED = frozenset({"cases"})
@@ -83,9 +96,6 @@ _NOT_JSON_BODY = (
     b"<body><h1>Bad Gateway</h1><p>The upstream server returned an invalid response.</p>"
     b"</body></html>"
 )
-# Fields that update_records changes on the built-in resources ("one ordinary field").
-_TITLES_CYCLE = ("CEO", "CTO", "Head of Sales", "IT Manager", "Account Manager")
-_PRIORITY_CYCLE = ("low", "normal", "high", "urgent")
 
 
 @dataclass(frozen=True)
@@ -131,25 +141,54 @@ def _seconds(value: float) -> str:
     return text or "0"
 
 
+def _id_key(value: Any) -> bytes:
+    # Ids are JSON values of any type; their JSON text is hashable and tells 1, "1" and true apart.
+    return orjson.dumps(value)
+
+
+def _served_id(raw: bytes) -> Any:
+    rec = orjson.loads(raw)
+    return rec.get("id") if isinstance(rec, dict) else None
+
+
+def _same_id(a: Any, b: Any) -> bool:
+    return type(a) is type(b) and a == b
+
+
 class _Store:
-    """One collection: records as JSON bytes plus a parallel list of updated_at epochs."""
+    """One collection: records as JSON bytes, plus parallel lists of updated_at epochs and of
+    ordinals (1-based creation order; ascending, so a position is a binary search away)."""
 
     def __init__(
-        self, name: str, *, builtin: bool, count: int = 0, seed: int = 0, refs: Refs | None = None
+        self,
+        name: str,
+        profile: Profile,
+        *,
+        builtin: bool,
+        count: int = 0,
+        refs: Refs | None = None,
     ) -> None:
         self.name = name
+        self.profile = profile
         self.builtin = builtin
         self.paged = name not in _UNPAGED
         self.lock = threading.RLock()
         self.encoded: list[bytes] = []
         self.updated: list[float | None] = []
+        self.ordinals: array[int] = array("q")
         self.count_at_start = count
-        self.next_id = count + 1
-        self.seed = seed
+        self.next_ordinal = count + 1
+        # Built-in collections name records in the profile's id form. Added collections keep
+        # the ids they were given; inserts continue integers, or else the profile's string form.
+        self.id_form: IdForm | None = profile.id_form(name) if builtin else None
+        self.next_int_id: int | None = None
         self.refs = refs
-        self.rng = resource_rng(seed, name) if builtin else None
+        self.rng = resource_rng(profile.seed, name) if builtin else None
         self.generated = not builtin
         self.update_calls = 0
+        self.delete_calls = 0
+        # id key -> (ordinal, bytes at deletion), for restore.
+        self.deleted: dict[bytes, tuple[int, bytes]] = {}
         # since-epoch -> positions matching updated_at >= since; kept valid on append, dropped
         # on any other mutation.
         self.filter_cache: dict[float, list[int]] = {}
@@ -158,17 +197,18 @@ class _Store:
         with self.lock:
             if self.generated:
                 return
-            gen = GENERATORS[self.name]
+            gen = self.profile.generators[self.name]
             rng, refs = self.rng, self.refs
             assert rng is not None and refs is not None
             dumps = _encode
             enc_append = self.encoded.append
             upd_append = self.updated.append
             hi = END_EPOCH - 1
-            for rid in range(1, self.count_at_start + 1):
-                rec, upd = gen(rng, rid, BASE_EPOCH, hi, refs)
+            for ordinal in range(1, self.count_at_start + 1):
+                rec, upd = gen(rng, ordinal, BASE_EPOCH, hi, refs)
                 enc_append(dumps(rec))
                 upd_append(upd)
+            self.ordinals = array("q", range(1, self.count_at_start + 1))
             self.generated = True
 
     def filtered(self, since: float) -> list[int]:
@@ -180,11 +220,17 @@ class _Store:
             self.filter_cache[since] = idx
         return idx
 
-    def append(self, record: dict[str, Any]) -> None:
+    def take_ordinal(self) -> int:
+        ordinal = self.next_ordinal
+        self.next_ordinal += 1
+        return ordinal
+
+    def append(self, record: dict[str, Any], ordinal: int) -> None:
         pos = len(self.encoded)
         upd = parse_timestamp(record.get("updated_at"))
         self.encoded.append(_encode(record))
         self.updated.append(upd)
+        self.ordinals.append(ordinal)
         if upd is not None:
             for since, idx in self.filter_cache.items():
                 if upd >= since:
@@ -195,15 +241,52 @@ class _Store:
         self.updated[pos] = parse_timestamp(record.get("updated_at"))
         self.filter_cache.clear()
 
+    def remove(self, positions: list[int]) -> list[tuple[int, bytes]]:
+        """Drop the records at these (ascending, distinct) positions; returns (ordinal, bytes)."""
+        removed = [(self.ordinals[p], self.encoded[p]) for p in positions]
+        if len(positions) < 16:  # a few deletions: memmove beats rebuilding millions of slots
+            for p in reversed(positions):
+                del self.encoded[p], self.updated[p], self.ordinals[p]
+        else:
+            keep: list[tuple[int, int]] = []  # [start, end) runs between deleted positions
+            prev = 0
+            for p in positions:
+                if p > prev:
+                    keep.append((prev, p))
+                prev = p + 1
+            keep.append((prev, len(self.encoded)))
+            encoded: list[bytes] = []
+            updated: list[float | None] = []
+            ordinals: array[int] = array("q")
+            for a, b in keep:
+                encoded.extend(self.encoded[a:b])
+                updated.extend(self.updated[a:b])
+                ordinals.extend(self.ordinals[a:b])
+            self.encoded, self.updated, self.ordinals = encoded, updated, ordinals
+        self.filter_cache.clear()
+        return removed
+
+    def insert_at_ordinal(self, ordinal: int, record: dict[str, Any]) -> None:
+        """Put a record back where its ordinal belongs (restored records keep their place)."""
+        pos = bisect.bisect_left(self.ordinals, ordinal)
+        self.encoded.insert(pos, _encode(record))
+        self.updated.insert(pos, parse_timestamp(record.get("updated_at")))
+        self.ordinals.insert(pos, ordinal)
+        self.filter_cache.clear()
+
     def position_of(self, record_id: Any) -> int:
-        guess = record_id - 1 if isinstance(record_id, int) else -1
-        if (
-            0 <= guess < len(self.encoded)
-            and orjson.loads(self.encoded[guess]).get("id") == record_id
-        ):
+        guess = -1
+        if self.id_form is not None:
+            ordinal = self.id_form.ordinal(record_id)
+            if ordinal is not None:
+                guess = bisect.bisect_left(self.ordinals, ordinal)
+        elif type(record_id) is int:
+            guess = record_id - 1
+        if 0 <= guess < len(self.encoded) and _same_id(_served_id(self.encoded[guess]), record_id):
             return guess
+        # set_field may have changed ids, and added collections hold any ids: look at them all.
         for pos, raw in enumerate(self.encoded):
-            if orjson.loads(raw).get("id") == record_id:
+            if _same_id(_served_id(raw), record_id):
                 return pos
         raise KeyError(f"{self.name}: no record with id {record_id!r}")
 
@@ -339,9 +422,18 @@ class CRMSimulator:
         rate_limit: float | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
+        profile: str = "declared",
+        strict_params: bool = False,
+        filter_param: str | None = "updated_since",
     ) -> None:
         if access_key_location not in ("header", "query"):
             raise ValueError("access_key_location must be 'header' or 'query'")
+        if filter_param is not None and (
+            not filter_param
+            or filter_param in ("api_key", "startIndex", "limit")
+            or (access_key_location == "query" and filter_param == access_key_name)
+        ):
+            raise ValueError(f"filter_param {filter_param!r} is empty or names another parameter")
         merged = dict(DEFAULT_COUNTS)
         for name, n in (counts or {}).items():
             if name not in DEFAULT_COUNTS:
@@ -355,6 +447,10 @@ class CRMSimulator:
         self.access_key_name = access_key_name
         self.access_key_location = access_key_location
         self.seed = seed
+        self._profile = make_profile(profile, seed)
+        # Read on every request, so both may change while serving.
+        self.strict_params = strict_params
+        self.filter_param = filter_param
         self._faults = faults if faults is not None else Faults()
         self.latency_ms = latency_ms
         self.rate_limit = rate_limit
@@ -362,9 +458,9 @@ class CRMSimulator:
         self.port = port
         self.base_url = ""
 
-        refs = Refs(merged["customers"], merged["contacts"])
+        refs = self._profile.refs(merged["customers"], merged["contacts"])
         self._stores: dict[str, _Store] = {
-            name: _Store(name, builtin=True, count=merged[name], seed=seed, refs=refs)
+            name: _Store(name, self._profile, builtin=True, count=merged[name], refs=refs)
             for name in RESOURCES
         }
         self._lock = threading.Lock()  # log, fault picker, counters, bucket, clock
@@ -434,6 +530,11 @@ class CRMSimulator:
         self._faults = value if value is not None else Faults()
 
     @property
+    def profile(self) -> str:
+        """The data profile's name (see ``profiles.py``)."""
+        return self._profile.name
+
+    @property
     def counts(self) -> dict[str, int]:
         """Current record count of every served collection."""
         return {name: self.count(name) for name in self._stores}
@@ -458,6 +559,19 @@ class CRMSimulator:
         store = self._store(resource)
         with store.lock:
             return len(store.encoded)
+
+    def ids(self, resource: str) -> list[Any]:
+        """The ids of the current records, in served order (decoded, like ``records``)."""
+        store = self._store(resource)
+        with store.lock:
+            raw = list(store.encoded)
+        return [_served_id(b) for b in raw]
+
+    def position_of(self, resource: str, record_id: Any) -> int:
+        """Where the (first) record with this id is served: its index in ``records()``."""
+        store = self._store(resource)
+        with store.lock:
+            return store.position_of(record_id)
 
     def requests(self, resource: str | None = None) -> list[RequestLog]:
         with self._lock:
@@ -500,9 +614,10 @@ class CRMSimulator:
             with self._lock:
                 self._clock = max(self._clock, math.floor(epoch))
 
-    def update_records(self, resource: str, n: int) -> list[int]:
+    def update_records(self, resource: str, n: int) -> list[Any]:
         """Change ``n`` records spread over the collection: updated_at becomes the sim clock's
-        new "now" and one ordinary field changes. Returns the changed records' ids (sorted)."""
+        new "now" and one ordinary field changes. Returns the changed records' ids in served
+        order."""
         store = self._store(resource)
         now = self._tick()
         stamp = iso(now)
@@ -514,41 +629,110 @@ class CRMSimulator:
             # touch different records.
             picker = resource_rng(self.seed, f"{resource}:update:{store.update_calls}")
             positions = sorted(picker.sample(range(size), n))
-            ids: list[int] = []
+            ids: list[Any] = []
             for pos in positions:
                 rec = orjson.loads(store.encoded[pos])
-                _change_one_field(resource, rec, store.update_calls)
+                self._profile.change_one_field(resource, rec, store.update_calls)
                 if "updated_at" in rec or store.builtin:
                     rec["updated_at"] = stamp
                 store.replace(pos, rec)
                 ids.append(rec.get("id"))
         return ids
 
-    def insert_records(self, resource: str, n: int) -> list[int]:
-        """Append ``n`` new records (ids continue after the highest id given out so far)."""
+    def insert_records(self, resource: str, n: int) -> list[Any]:
+        """Append ``n`` new records; their ids continue the collection's id form after every id
+        given out so far (deleted ones included), so they are new."""
         store = self._store(resource)
         if n <= 0:
             return []
         now = self._tick()
         return self._insert(store, int(n), now)
 
-    def _insert(self, store: _Store, n: int, now: int) -> list[int]:
-        refs = Refs(self._stores["customers"].next_id - 1, self._stores["contacts"].next_id - 1)
-        ids: list[int] = []
+    def _insert(self, store: _Store, n: int, now: int) -> list[Any]:
+        # References may reach every customer/contact given out so far, also inserted ones.
+        refs = self._profile.refs(
+            self._stores["customers"].next_ordinal - 1, self._stores["contacts"].next_ordinal - 1
+        )
+        ids: list[Any] = []
         with store.lock:
+            taken: set[bytes] | None = None
             for _ in range(n):
-                rid = store.next_id
-                store.next_id += 1
-                if store.builtin and store.name in GENERATORS:
+                ordinal = store.take_ordinal()
+                if store.builtin:
                     assert store.rng is not None
-                    rec, _upd = GENERATORS[store.name](store.rng, rid, now, now, refs)
+                    gen = self._profile.generators[store.name]
+                    rec, _upd = gen(store.rng, ordinal, now, now, refs)
+                    rid = rec["id"]
                 else:
+                    if store.next_int_id is not None:
+                        rid = store.next_int_id
+                        store.next_int_id += 1
+                    else:
+                        # String ids given by the caller might use the same form: skip those.
+                        if taken is None:
+                            taken = {_id_key(_served_id(b)) for b in store.encoded}
+                            taken.update(store.deleted)
+                        form = self._profile.id_form(store.name)
+                        rid = form.make(ordinal)
+                        while _id_key(rid) in taken:
+                            ordinal = store.take_ordinal()
+                            rid = form.make(ordinal)
+                        taken.add(_id_key(rid))
                     rec = _clone_for_insert(store, rid, now)
-                store.append(rec)
+                store.append(rec, ordinal)
                 ids.append(rid)
         return ids
 
-    def set_field(self, resource: str, record_id: int, field: str, value: Any) -> None:
+    def delete_records(self, resource: str, n_or_ids: int | Iterable[Any]) -> list[Any]:
+        """Delete records: an int deletes that many, spread over the collection (seeded, like
+        ``update_records``); otherwise the records with these ids (KeyError, and nothing
+        deleted, if one is not served). They are no longer served and totals shrink; their
+        ids are never given out again. Returns the deleted ids in served order."""
+        if isinstance(n_or_ids, str | bytes):
+            raise TypeError("delete_records takes a count or a list of ids, not one id")
+        store = self._store(resource)
+        with store.lock:
+            if isinstance(n_or_ids, int) and not isinstance(n_or_ids, bool):
+                size = len(store.encoded)
+                n = max(0, min(n_or_ids, size))
+                store.delete_calls += 1
+                picker = resource_rng(self.seed, f"{resource}:delete:{store.delete_calls}")
+                positions = sorted(picker.sample(range(size), n))
+            else:
+                positions = sorted({store.position_of(rid) for rid in n_or_ids})
+            removed = store.remove(positions)
+            ids: list[Any] = []
+            for ordinal, raw in removed:
+                rid = _served_id(raw)
+                store.deleted[_id_key(rid)] = (ordinal, raw)
+                ids.append(rid)
+        return ids
+
+    def restore_records(self, resource: str, ids: Iterable[Any]) -> list[Any]:
+        """Re-create deleted records: same id, same place in served order, same fields except
+        updated_at, which becomes the sim clock's new "now" (so incremental syncs see them).
+        KeyError, and nothing restored, if an id is not a deleted record's."""
+        if isinstance(ids, str | bytes):
+            raise TypeError("restore_records takes a list of ids, not one id")
+        store = self._store(resource)
+        wanted = list(ids)
+        with store.lock:
+            keys = [_id_key(rid) for rid in wanted]
+            for rid, key in zip(wanted, keys, strict=True):
+                if key not in store.deleted:
+                    raise KeyError(f"{resource}: no deleted record with id {rid!r}")
+            if len(set(keys)) != len(keys):
+                raise ValueError("restore_records: an id is given twice")
+            stamp = iso(self._tick())
+            for key in keys:
+                ordinal, raw = store.deleted.pop(key)
+                rec = orjson.loads(raw)
+                if "updated_at" in rec or store.builtin:
+                    rec["updated_at"] = stamp
+                store.insert_at_ordinal(ordinal, rec)
+        return wanted
+
+    def set_field(self, resource: str, record_id: Any, field: str, value: Any) -> None:
         """Overwrite or add one field of the (first) record with this id; used to serve bad
         data. Setting ``updated_at`` also moves the record in ``updated_since`` filtering."""
         store = self._store(resource)
@@ -565,11 +749,12 @@ class CRMSimulator:
         Replaces a collection of the same name."""
         if not name or "/" in name or "?" in name:
             raise ValueError(f"invalid resource name {name!r}")
-        store = _Store(name, builtin=False)
-        ids = [r.get("id") for r in records if isinstance(r.get("id"), int)]
-        store.next_id = max(ids, default=0) + 1
+        store = _Store(name, self._profile, builtin=False)
+        ids = [r.get("id") for r in records if r.get("id") is not None]
+        if all(type(i) is int for i in ids):
+            store.next_int_id = max(ids, default=0) + 1
         for rec in records:
-            store.append(rec)
+            store.append(rec, store.take_ordinal())
         self._clock_past(max((u for u in store.updated if u is not None), default=None))
         self._stores[name] = store
 
@@ -588,11 +773,13 @@ class CRMSimulator:
         return resp
 
     def _record(self, method: str, path: str, params: dict[str, str], resp: _Response) -> None:
-        secrets = {s for s in (self._api_key, self._access_key) if s}
-        clean = {
-            k: "***" if k in ("api_key", self.access_key_name) or v in secrets else v
-            for k, v in params.items()
-        }
+        secrets = [s for s in (self._api_key, self._access_key) if s]
+        clean: dict[str, str] = {}
+        for k, v in params.items():
+            hidden = k in ("api_key", self.access_key_name) or v in secrets
+            # A secret can also arrive as a parameter's name (a client that put it there).
+            name = "***" if any(s in k for s in secrets) else k
+            clean[name] = "***" if hidden else v
         entry = RequestLog(method, path, clean, resp.status, resp.fault)
         with self._lock:
             self._log.append(entry)
@@ -641,7 +828,28 @@ class CRMSimulator:
             headers=(("Retry-After", _seconds(wait)),),
         )
 
+    def _unknown_param(self, store: _Store, params: dict[str, str]) -> str | None:
+        """The first query parameter this CRM does not know, for strict mode."""
+        filter_param = self.filter_param
+        for name in params:
+            if name == "api_key" or (filter_param is not None and name == filter_param):
+                continue
+            if self.access_key_location == "query" and name == self.access_key_name:
+                continue
+            if store.paged and name in ("startIndex", "limit"):
+                continue
+            return name
+        return None
+
     def _serve_collection(self, store: _Store, params: dict[str, str]) -> _Response:
+        if self.strict_params:
+            unknown = self._unknown_param(store, params)
+            if unknown is not None:
+                # The name only, never a value; and not even the name if a secret is in it
+                # (a client that put its key where a parameter name goes).
+                secrets = [s for s in (self._api_key, self._access_key) if s]
+                shown = "***" if any(s in unknown for s in secrets) else unknown
+                return _json_error(400, f"unknown query parameter: {shown}")
         start, limit = 0, MAX_LIMIT
         if store.paged:
             try:
@@ -650,12 +858,13 @@ class CRMSimulator:
             except ValueError as exc:
                 return _json_error(400, str(exc))
         since: float | None = None
-        raw_since = params.get("updated_since")
+        filter_param = self.filter_param
+        raw_since = params.get(filter_param) if filter_param is not None else None
         if raw_since is not None:
             # A literal "+" in a query string decodes to a space ("...T00:00:00 00:00").
             since = parse_timestamp(raw_since.replace(" ", "+"))
             if since is None:
-                return _json_error(400, "updated_since must be an ISO-8601 timestamp")
+                return _json_error(400, f"{filter_param} must be an ISO-8601 timestamp")
 
         faults = self._faults
         applies = faults.applies_to(store.name)
@@ -734,28 +943,7 @@ def _non_negative(params: dict[str, str], name: str, default: int) -> int:
     return int(raw)
 
 
-def _change_one_field(resource: str, rec: dict[str, Any], call: int) -> None:
-    """The "one ordinary field" update_records changes on each built-in resource."""
-    if resource == "customers":
-        rec["employee_count"] = (rec.get("employee_count") or 0) + 1
-    elif resource == "contacts":
-        current = rec.get("title")
-        choices = [t for t in _TITLES_CYCLE if t != current]
-        rec["title"] = choices[call % len(choices)]
-    elif resource == "cases":
-        current = rec.get("priority")
-        pos = _PRIORITY_CYCLE.index(current) if current in _PRIORITY_CYCLE else -1
-        rec["priority"] = _PRIORITY_CYCLE[(pos + 1) % len(_PRIORITY_CYCLE)]
-    elif resource == "leads":
-        score = rec.get("score")
-        rec["score"] = (score + 7) % 101 if isinstance(score, int) else 50
-    elif resource == "opportunities":
-        amount = rec.get("amount")
-        cents = round(amount * 100) if isinstance(amount, int | float) else 0
-        rec["amount"] = (cents + 10_000) / 100  # +100.00, still at most 2 decimals
-
-
-def _clone_for_insert(store: _Store, rid: int, now: int) -> dict[str, Any]:
+def _clone_for_insert(store: _Store, rid: Any, now: int) -> dict[str, Any]:
     """New record for an add_resource collection: a copy of the last one with a fresh id."""
     template = orjson.loads(store.encoded[-1]) if store.encoded else {}
     rec = dict(template)
