@@ -1,7 +1,7 @@
 """Dagster resources: the CRM's credentials and the warehouse, both resolved at run time.
 
-Loading the definitions reads no secret and touches no file: every setting, secrets included,
-is read from the environment only when a run asks for it.
+Loading the definitions needs no setting: every setting, secrets included, is looked up (in the
+environment, and for the CRM's address and keys in dlt's settings too) only when a run asks.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from pathlib import Path
 
 import dlt
 from dagster import ConfigurableResource, EnvVar
+from dlt.common.configuration.exceptions import ConfigProviderException
 from dlt.pipeline.pipeline import Pipeline
 from pydantic import Field
 
@@ -20,6 +21,10 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # Not `crm.duckdb`: a DuckDB file named like the dataset makes `crm.<table>` ambiguous.
 DEFAULT_DUCKDB_PATH = REPO_ROOT / "data" / "warehouse.duckdb"
 PIPELINE_NAME = "crm_sync"
+# Where dlt keeps the CRM's settings: `[sources.crm]` in .dlt/secrets.toml or .dlt/config.toml,
+# SOURCES__CRM__API_KEY and the like in the environment. The API's spec keeps the two keys in
+# dlt's secrets, so a project set up that way needs no CRM_* variable.
+DLT_SECTION = "sources.crm"
 
 
 def _setting(value: str | None, env: str, default: str | None = None) -> str | None:
@@ -28,12 +33,42 @@ def _setting(value: str | None, env: str, default: str | None = None) -> str | N
     return os.environ.get(env) or default
 
 
-def _required(value: str | None, env: str) -> str:
-    """A setting the run cannot do without: given in run config, else read from `env` now."""
-    resolved = value or EnvVar(env).get_value()
-    if not resolved:
+def _from_dlt(key: str, *, secret: bool) -> str | None:
+    """`key` of the `[sources.crm]` section as dlt resolves it: SOURCES__CRM__<KEY> in the
+    environment, then .dlt/secrets.toml, then (for a setting that is not secret) .dlt/config.toml,
+    each file looked for in the working directory's `.dlt/` and in dlt's global folder."""
+    # `dlt.secrets` asks only the providers that may hold secrets, so a key left in config.toml
+    # (the file meant to be committed) is not taken; and it marks the lookup secret, so the trace
+    # dlt keeps of resolved settings records where the key came from but not its value.
+    accessor = dlt.secrets if secret else dlt.config
+    try:
+        value = accessor.get(f"{DLT_SECTION}.{key}")
+    except ConfigProviderException as exc:
+        # dlt's message spans lines; the run log's failure line must be one.
         raise CRMConfigError(
-            f"{env} is not set: export {env} where dagster dev, the daemon or the CLI runs "
+            f"dlt could not read its settings for [{DLT_SECTION}] {key}: "
+            + " ".join(str(exc).split())
+        ) from None
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        # The value itself is not shown: it may be a secret typed without its quotes.
+        raise CRMConfigError(
+            f"{key} under [{DLT_SECTION}] must be a quoted string, got a {type(value).__name__}"
+        )
+    # Docker and Kubernetes secret files, which dlt reads too, often end with a newline.
+    return value.strip() or None
+
+
+def _required(value: str | None, env: str, key: str, *, secret: bool) -> str:
+    """A setting the run cannot do without: given in run config, else read from `env` now,
+    else from dlt's settings under `[sources.crm]`."""
+    resolved = value or EnvVar(env).get_value() or _from_dlt(key, secret=secret)
+    if not resolved:
+        settings_file = "secrets.toml" if secret else "config.toml"
+        raise CRMConfigError(
+            f"{env} is not set: export {env} where dagster dev, the daemon or the CLI runs, "
+            f"or put {key} under [{DLT_SECTION}] in .dlt/{settings_file} "
             "(README: Point it at your CRM)"
         )
     return resolved
@@ -48,6 +83,11 @@ class CRMCredentials(ConfigurableResource):
     the run at once with one line in its log, naming the variable, where config resolution
     would refuse the launch with a stack trace and leave no run to look at. The values are
     never part of the run's config, so the UI, the event log and run storage never hold them.
+
+    `base_url`, `api_key` and `access_key` then fall back to dlt's settings under
+    `[sources.crm]` (SOURCES__CRM__<KEY>, .dlt/secrets.toml, .dlt/config.toml for the URL), so
+    the order is: this resource's config > CRM_* variable > dlt. dlt reads its files once per
+    process and Dagster starts a process for each run, so an edited file counts from the next run.
     """
 
     base_url: str | None = Field(default=None, description="CRM API base URL (CRM_BASE_URL).")
@@ -70,9 +110,9 @@ class CRMCredentials(ConfigurableResource):
     def connection(self) -> CRMConnection:
         location = _setting(self.access_key_location, "CRM_ACCESS_KEY_LOCATION", "header")
         return CRMConnection(
-            base_url=_required(self.base_url, "CRM_BASE_URL"),
-            api_key=_required(self.api_key, "CRM_API_KEY"),
-            access_key=_required(self.access_key, "CRM_ACCESS_KEY"),
+            base_url=_required(self.base_url, "CRM_BASE_URL", "base_url", secret=False),
+            api_key=_required(self.api_key, "CRM_API_KEY", "api_key", secret=True),
+            access_key=_required(self.access_key, "CRM_ACCESS_KEY", "access_key", secret=True),
             access_key_name=_setting(self.access_key_name, "CRM_ACCESS_KEY_NAME", "X-Access-Key")
             or "X-Access-Key",
             access_key_location=location,  # type: ignore[arg-type]  # validated by CRMConnection
