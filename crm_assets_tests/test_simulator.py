@@ -879,3 +879,214 @@ def test_cli_profile_strict_params_and_filter_options(tmp_path: Path) -> None:
     assert proc.returncode == 0 and out == "" and KEY not in err
     assert clash.returncode == 2 and clash_out == ""
     assert "filter_param 'limit'" in clash_err
+
+
+# --- link paging and unpaged added collections ------------------------------------------------
+def _events(n: int) -> list[dict[str, Any]]:
+    # Two halves with different updated_at, so a filtered walk has something to leave out.
+    return [
+        {"id": i, "kind": "click", "updated_at": f"2024-0{1 + (i > n // 2)}-01T00:00:00Z"}
+        for i in range(1, n + 1)
+    ]
+
+
+def _walk_links(
+    http: requests.Session, first: str, **params: Any
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Follow "next" like a link paginator does: the next URL as given, plus only the auth."""
+    records: list[dict[str, Any]] = []
+    links: list[str] = []
+    r = http.get(first, params={"api_key": KEY, **params}, timeout=10)
+    while True:
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert set(body) == {"data", "next"}
+        records.extend(body["data"])
+        if body["next"] is None:
+            return records, links
+        links.append(body["next"])
+        r = http.get(body["next"], params={"api_key": KEY}, timeout=10)
+
+
+def test_link_paging_walks_to_the_end_without_secrets_in_next(
+    sim: CRMSimulator, http: requests.Session
+) -> None:
+    events = _events(250)
+    sim.add_resource("events", events, paging="link")
+    url = f"{sim.base_url}/v1/events"
+    records, links = _walk_links(http, url, limit=40)
+    assert records == events == sim.records("events")
+    assert len(links) == 6  # 7 pages of 40, the last one with 10 records
+    for link in links:
+        assert link.startswith(f"{url}?cursor=") and link.endswith("&limit=40")
+        assert KEY not in link and ACCESS not in link and "api_key" not in link
+    # Defaults: 100 per page, and no limit in the links unless the request had one.
+    records, links = _walk_links(http, url)
+    assert records == events and len(links) == 2
+    assert all("limit" not in link for link in links)
+    # A limit above 100 is capped, in the page and in the link.
+    body = get(http, sim, "events", limit=500).json()
+    assert len(body["data"]) == 100 and body["next"].endswith("&limit=100")
+    # An exact multiple of the limit ends on a full page, not an extra empty one.
+    sim.add_resource("even", _events(200), paging="link")
+    records, links = _walk_links(http, f"{sim.base_url}/v1/even")
+    assert len(records) == 200 and len(links) == 1
+    # The filter applies before paging and travels in the links.
+    since = "2024-02-01T00:00:00+00:00"
+    records, links = _walk_links(http, url, limit=50, updated_since=since)
+    assert records == events[125:] and len(links) == 2
+    assert all("updated_since=2024-02-01T00%3A00%3A00%2B00%3A00" in link for link in links)
+    # The log shows the cursor, never a secret.
+    log = sim.requests("events")
+    assert log[-1].params["cursor"] and log[-1].params["api_key"] == "***"
+    assert KEY not in repr(log) and ACCESS not in repr(log)
+
+
+def test_link_paging_bad_parameters_and_strict_mode(
+    sim: CRMSimulator, http: requests.Session
+) -> None:
+    sim.add_resource("events", _events(30), paging="link")
+    for params in ({"cursor": "nope"}, {"cursor": ""}, {"cursor": "é"}, {"limit": "0"}):
+        r = get(http, sim, "events", **params)
+        assert r.status_code == 400 and isinstance(r.json()["error"], str)
+    next_url = get(http, sim, "events", limit=10).json()["next"]
+    sim.strict_params = True
+    assert http.get(next_url, params={"api_key": KEY}, timeout=5).status_code == 200
+    r = get(http, sim, "events", startIndex=10)
+    assert r.json() == {"error": "unknown query parameter: startIndex"}
+    # Offset collections keep their own parameters: a cursor is unknown there.
+    assert get(http, sim, "customers", cursor="x").status_code == 400
+    # Auth is checked like everywhere else.
+    assert requests.get(f"{sim.base_url}/v1/events", timeout=5).status_code == 401
+    with pytest.raises(ValueError, match="paging"):
+        sim.add_resource("bad", [], paging="page")
+
+
+def test_link_paging_faults(sim: CRMSimulator, http: requests.Session) -> None:
+    sim.add_resource("events", _events(30), paging="link")
+    sim.faults = Faults(rate_503=1.0, max_faults=1, only_resources=("events",))
+    assert get(http, sim, "events").status_code == 503
+    sim.faults = Faults(omit_total=True, insert_during_paging=2)
+    body = get(http, sim, "events", limit=10).json()
+    assert set(body) == {"data", "next"}  # never a total to omit
+    assert sim.count("events") == 32
+    assert sim.faults_injected()["omit_total"] == 0
+
+
+def test_unpaged_added_collection(sim: CRMSimulator, http: requests.Session) -> None:
+    events = _events(250)
+    sim.add_resource("events", events, paging="none")
+    body = get(http, sim, "events", limit=10).json()
+    assert body == {"data": events}
+    assert get(http, sim, "events", updated_since="2024-02-01T00:00:00Z").json() == {
+        "data": events[125:]
+    }
+    sim.strict_params = True
+    assert get(http, sim, "events", limit=10).status_code == 400
+    assert get(http, sim, "events").json() == {"data": events}
+
+
+# --- customer notes -----------------------------------------------------------------------------
+def _notes_url(sim: CRMSimulator, customer_id: Any) -> str:
+    return f"{sim.base_url}/v1/customers/{customer_id}/notes"
+
+
+def test_customer_notes(http: requests.Session) -> None:
+    with CRMSimulator(COUNTS, api_key=KEY, access_key=ACCESS, notes=True) as sim:
+        customers = sim.records("customers")
+        served: list[dict[str, Any]] = []
+        for customer in customers[:40]:
+            r = http.get(_notes_url(sim, customer["id"]), params={"api_key": KEY}, timeout=5)
+            assert r.status_code == 200
+            body = r.json()
+            assert set(body) == {"data"}
+            notes = body["data"]
+            assert notes == sim.notes(customer["id"])
+            assert 0 <= len(notes) <= 3
+            for note in notes:
+                assert set(note) == {"id", "customer_id", "body", "created_at"}
+                assert note["customer_id"] == customer["id"]
+                assert isinstance(note["body"], str) and note["body"]
+                assert TS_RE.match(note["created_at"])
+                assert note["created_at"] >= customer["created_at"]
+            assert [n["created_at"] for n in notes] == sorted(n["created_at"] for n in notes)
+            served.extend(notes)
+        assert {len(sim.notes(c["id"])) for c in customers} == {0, 1, 2, 3}
+        every = sim.notes()
+        assert every[: len(served)] == served
+        ids = [n["id"] for n in every]
+        assert ids == list(range(1, len(every) + 1))  # unique across customers
+        # The collection log keeps only collection requests; notes have their own paths.
+        assert sim.requests("customers") == []
+        log = sim.requests()
+        assert log[0].path == f"/v1/customers/{customers[0]['id']}/notes"
+        assert log[0].params == {"api_key": "***"}
+
+        for missing in (10_000, "abc", 0, "01"):
+            r = http.get(_notes_url(sim, missing), params={"api_key": KEY}, timeout=5)
+            assert (r.status_code, r.json()) == (404, {"error": "not found"})
+        with pytest.raises(KeyError):
+            sim.notes(10_000)
+        # Deleted customers' notes are gone; new customers have none yet.
+        deleted = sim.delete_records("customers", [customers[1]["id"]])[0]
+        assert http.get(_notes_url(sim, deleted), params={"api_key": KEY}).status_code == 404
+        assert deleted not in {n["customer_id"] for n in sim.notes()}
+        (fresh,) = sim.insert_records("customers", 1)
+        assert http.get(_notes_url(sim, fresh), params={"api_key": KEY}).json() == {"data": []}
+
+        # Auth as everywhere else, and the faults' own scope.
+        first = _notes_url(sim, customers[0]["id"])
+        assert requests.get(first, params={"api_key": "x"}, timeout=5).status_code == 401
+        assert requests.get(first, params={"api_key": KEY}, timeout=5).status_code == 403
+        sim.faults = Faults(rate_503=1.0, only_resources=("notes",))
+        assert http.get(first, params={"api_key": KEY}, timeout=5).status_code == 503
+        assert get(http, sim, "customers").status_code == 200
+        sim.faults = Faults()
+        sim.strict_params = True
+        r = http.get(first, params={"api_key": KEY, "limit": 5}, timeout=5)
+        assert r.json() == {"error": "unknown query parameter: limit"}
+
+
+def test_customer_notes_are_seeded_and_follow_the_profile_ids(http: requests.Session) -> None:
+    small = {"customers": 30}
+    assert CRMSimulator(small, notes=True).notes() == CRMSimulator(small, notes=True).notes()
+    assert (
+        CRMSimulator(small, notes=True, seed=1).notes()
+        != CRMSimulator(small, notes=True, seed=2).notes()
+    )
+    with CRMSimulator(small, api_key=KEY, access_key=ACCESS, notes=True, profile="crm") as sim:
+        customer = next(c for c in sim.ids("customers") if sim.notes(c))
+        body = http.get(_notes_url(sim, customer), params={"api_key": KEY}, timeout=5).json()
+        assert body["data"] == sim.notes(customer)
+        assert all(n["id"].startswith("0025g0") and len(n["id"]) == 18 for n in body["data"])
+        ids = [n["id"] for n in sim.notes()]
+        assert len(set(ids)) == len(ids)
+
+
+def test_customer_notes_are_off_by_default(sim: CRMSimulator, http: requests.Session) -> None:
+    assert not sim.notes_enabled
+    r = http.get(_notes_url(sim, 1), params={"api_key": KEY}, timeout=5)
+    assert (r.status_code, r.json()) == (404, {"error": "not found"})
+    with pytest.raises(RuntimeError, match="notes=True"):
+        sim.notes()
+
+
+def test_cli_notes_option(tmp_path: Path) -> None:
+    ready = tmp_path / "url"
+    proc = _cli("--port", "0", "--scale", "0.01", "--notes", "--ready-file", str(ready))
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip().endswith("opportunities=15; customer notes)")
+        base = ready.read_text().strip()
+        r = requests.get(
+            f"{base}/v1/customers/1/notes",
+            params={"api_key": KEY},
+            headers={"X-Access-Key": ACCESS},
+            timeout=5,
+        )
+        assert r.status_code == 200 and all(n["customer_id"] == 1 for n in r.json()["data"])
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0 and KEY not in err

@@ -74,6 +74,11 @@ def _build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="answer 400 to any query parameter the CRM does not know",
     )
+    parser.add_argument(
+        "--notes",
+        action="store_true",
+        help="also serve customer notes at GET /v1/customers/<id>/notes",
+    )
     incremental = parser.add_mutually_exclusive_group()
     incremental.add_argument(
         "--filter-param",
@@ -228,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
             profile=args.profile,
             strict_params=args.strict_params,
             filter_param=args.filter_param,
+            notes=args.notes,
         )
     except ValueError as exc:
         # Options that contradict each other, e.g. --filter-param limit.
@@ -274,6 +280,8 @@ def _serve(
         summary = ", ".join(f"{name}={n}" for name, n in counts.items())
         if sim.profile != "declared":
             summary += f"; profile {sim.profile}"
+        if sim.notes_enabled:
+            summary += "; customer notes"
         print(f"CRM simulator listening on {sim.base_url} ({summary})", flush=True)
         while not stop.wait(0.5):
             pass

@@ -112,6 +112,7 @@ SF_PREFIXES: dict[str, str] = {
     "leads": "00Q",  # Lead
     "opportunities": "006",  # Opportunity
     "users": "005",  # User (record owners; not served)
+    "notes": "002",  # Note (served per customer when the simulator has notes on)
 }
 
 
@@ -643,6 +644,15 @@ class Profile:
         if self.name == "crm":
             return sf_ids(sf_custom_prefix(resource))
         return uuid_ids(self.seed, resource)
+
+    def note_id_form(self) -> IdForm:
+        """The id form of customer notes: integers in the declared profile (whose ids are all
+        integers), else the profile's own form."""
+        if self.name == "declared":
+            return INT_IDS
+        if self.name == "crm":
+            return sf_ids(SF_PREFIXES["notes"])
+        return uuid_ids(self.seed, "notes")
 
     def refs(self, customers: int, contacts: int) -> Refs:
         """References to the first ``customers``/``contacts`` records, in this profile's ids."""

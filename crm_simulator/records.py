@@ -567,6 +567,52 @@ def opportunity_record(
     return rec, created, updated
 
 
+_NOTE_BODIES = (
+    "Called about the renewal; wants a quote by Friday.",
+    "Kunde wünscht einen Rückruf nächste Woche.",
+    "Sent the onboarding checklist.",
+    "Réunion de suivi prévue en mars.",
+    "Asked for SSO support, forwarded to product.",
+    "Budget approved for Q3 expansion.",
+    "請求書の再発行を依頼されました。",
+    "Prefers contact by email, not phone.",
+    "Spotkanie przełożone na przyszły tydzień.",
+    "Complained about response times; escalated to the account manager.",
+    "Interested in the Analytics Add-on.",
+    "Cambio de dirección de facturación pendiente.",
+)
+
+
+def note_records(
+    rng: random.Random,
+    customers: Sequence[tuple[Any, int]],
+    note_id: Callable[[int], Any],
+) -> list[tuple[Any, list[dict[str, Any]]]]:
+    """0-3 notes per customer, given as (id, created epoch) in creation order; returns
+    (customer id, its notes oldest first) per customer. Note ids take ordinals 1, 2, ... across
+    all customers, so they are unique; a note is never older than its customer."""
+    r = rng.random
+    hi = END_EPOCH - 1
+    ordinal = 0
+    out: list[tuple[Any, list[dict[str, Any]]]] = []
+    for customer_id, created in customers:
+        lo = min(max(created, BASE_EPOCH), hi)
+        times = sorted(lo + int(r() * (hi - lo)) for _ in range(int(r() * 4)))
+        notes: list[dict[str, Any]] = []
+        for t in times:
+            ordinal += 1
+            notes.append(
+                {
+                    "id": note_id(ordinal),
+                    "customer_id": customer_id,
+                    "body": _pick(r, _NOTE_BODIES),
+                    "created_at": iso(t),
+                }
+            )
+        out.append((customer_id, notes))
+    return out
+
+
 GENERATORS: Mapping[str, Generator] = {
     "customers": gen_customer,
     "contacts": gen_contact,

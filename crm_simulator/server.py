@@ -10,11 +10,21 @@ Contract
     at 100); body ``{"data": [...], "total": n, "startIndex": i, "limit": effective_limit}``,
     records in creation order (id order unless ids are UUIDs). Cases come on one page:
     ``{"data": [...], "total": n}``.
+    Collections added with ``add_resource(..., paging="link")`` page by link instead:
+    ``cursor`` (opaque, from the previous page) and ``limit`` (default 100, capped at 100, 0 is
+    a 400); body ``{"data": [...], "next": url}`` where ``url`` is the absolute URL of the next
+    page (``http://<host>/v1/<name>?cursor=...``, plus ``limit`` and the filter if the request
+    had them, never a secret) or null on the last page; no total. ``paging="none"``: one page,
+    ``{"data": [...]}``.
     The incremental filter, ``updated_since`` unless ``filter_param`` names another parameter
     (None: the CRM has none), keeps records with ``updated_at >=`` its ISO-8601 value; paging and
     total apply to the filtered set. Bad parameters give 400 ``{"error": "..."}``. Parameters the
     CRM does not know are ignored, or with ``strict_params`` answered 400
     ``{"error": "unknown query parameter: <name>"}``.
+    With ``notes=True``: GET /v1/customers/<customer id>/notes, same auth, answers
+    ``{"data": [{"id", "customer_id", "body", "created_at"}, ...]}`` (0-3 notes, oldest first,
+    one page, no parameters besides auth), or 404 ``{"error": "not found"}`` when no served
+    customer has that id. Ground truth: ``notes()``. Faults reach it under the name "notes".
 
 Data profiles (``profile=``, see ``profiles.py``)
     "declared" serves records as the declared schema has them (integer ids); "crm" serves records
@@ -29,7 +39,8 @@ Usage
                      headers={"X-Access-Key": "test-access-key"})
         sim.records("customers")        # ground truth, exactly as served
         sim.delete_records("customers", 5); sim.update_records("leads", 10)
-        sim.requests("customers")       # request log (secrets replaced by "***")
+        sim.requests("customers")       # request log (secrets replaced by "***"); notes
+                                        # requests are logged under their own paths
 
     Console: ``crm-simulator --help`` / ``python -m crm_simulator --help``.
 
@@ -52,11 +63,13 @@ Design notes (why it looks like this)
 
 from __future__ import annotations
 
+import base64
 import bisect
 import contextlib
 import hmac
 import http
 import math
+import re
 import socket
 import socketserver
 import sys
@@ -68,7 +81,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, unquote, urlencode
 
 import orjson
 
@@ -81,6 +94,7 @@ from .records import (
     RESOURCES,
     Refs,
     iso,
+    note_records,
     parse_timestamp,
     resource_rng,
 )
@@ -88,7 +102,14 @@ from .records import (
 __all__ = ["RESOURCES", "DEFAULT_COUNTS", "PROFILES", "Faults", "RequestLog", "CRMSimulator"]
 
 MAX_LIMIT = 100
+PAGING_MODES: tuple[str, ...] = ("offset", "link", "none")
 _UNPAGED = frozenset({"cases"})
+_NOTES_PREFIX = "/v1/customers/"
+_NOTES_SUFFIX = "/notes"
+_CURSOR_PREFIX = b"offset:"
+# A Host header is echoed into "next" links only when it is a plain host[:port]; anything else
+# (or none) falls back to base_url, so a client cannot make the server hand out arbitrary URLs.
+_HOST_RE = re.compile(r"(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
 _HTTP_FAULTS = {"429": 429, "500": 500, "502": 502, "503": 503, "504": 504}
 _FILTER_CACHE_SIZE = 16
 _NOT_JSON_BODY = (
@@ -167,11 +188,23 @@ class _Store:
         builtin: bool,
         count: int = 0,
         refs: Refs | None = None,
+        paging: str = "offset",
     ) -> None:
         self.name = name
         self.profile = profile
         self.builtin = builtin
-        self.paged = name not in _UNPAGED
+        self.paging = paging
+        # paged: startIndex/limit offset pages. Cases are offset-style but come on one page,
+        # still with a total; link and unpaged collections added later have no total.
+        self.paged = paging == "offset" and name not in _UNPAGED
+        self.with_total = paging == "offset"
+        self.known_params: tuple[str, ...] = (
+            ("startIndex", "limit")
+            if self.paged
+            else ("cursor", "limit")
+            if paging == "link"
+            else ()
+        )
         self.lock = threading.RLock()
         self.encoded: list[bytes] = []
         self.updated: list[float | None] = []
@@ -425,12 +458,13 @@ class CRMSimulator:
         profile: str = "declared",
         strict_params: bool = False,
         filter_param: str | None = "updated_since",
+        notes: bool = False,
     ) -> None:
         if access_key_location not in ("header", "query"):
             raise ValueError("access_key_location must be 'header' or 'query'")
         if filter_param is not None and (
             not filter_param
-            or filter_param in ("api_key", "startIndex", "limit")
+            or filter_param in ("api_key", "startIndex", "limit", "cursor")
             or (access_key_location == "query" and filter_param == access_key_name)
         ):
             raise ValueError(f"filter_param {filter_param!r} is empty or names another parameter")
@@ -474,6 +508,12 @@ class CRMSimulator:
         self._bucket_at = 0.0
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
+        # Customer notes (GET /v1/customers/<id>/notes): off by default so that a simulator
+        # without them answers, and counts requests, exactly as before they existed.
+        self._notes_on = bool(notes)
+        self._notes_lock = threading.Lock()
+        # customer id key -> that customer's notes as JSON bytes; built once, see _notes_index.
+        self._notes_by_customer: dict[bytes, list[bytes]] | None = None
 
     # --- lifecycle ----------------------------------------------------------------------------
     def start(self) -> CRMSimulator:
@@ -486,6 +526,8 @@ class CRMSimulator:
         try:
             for store in list(self._stores.values()):
                 store.ensure()
+            if self._notes_on:
+                self._notes_index()
         except BaseException:
             server.server_close()
             raise
@@ -572,6 +614,72 @@ class CRMSimulator:
         store = self._store(resource)
         with store.lock:
             return store.position_of(record_id)
+
+    @property
+    def notes_enabled(self) -> bool:
+        """Whether GET /v1/customers/<id>/notes is served (``notes=True``)."""
+        return self._notes_on
+
+    def notes(self, customer_id: Any = None) -> list[dict[str, Any]]:
+        """Customer notes exactly as served: with no argument every note of every served
+        customer (customers in served order, each one's notes oldest first); with an id, that
+        customer's notes (KeyError if no customer with this id is served, as the API's 404)."""
+        if not self._notes_on:
+            raise RuntimeError("notes are not served; create the simulator with notes=True")
+        index = self._notes_index()
+        customers = self._store("customers")
+        with customers.lock:
+            if customer_id is not None:
+                customers.position_of(customer_id)  # KeyError when not served
+                raw = index.get(_id_key(customer_id), [])
+            else:
+                raw = [
+                    note
+                    for rec in customers.encoded
+                    for note in index.get(_id_key(_served_id(rec)), [])
+                ]
+        return [orjson.loads(b) for b in raw]
+
+    def _notes_index(self) -> dict[bytes, list[bytes]]:
+        """Generate the notes once, for the customers served at that moment (start, or the first
+        ``notes()`` call): deterministic from the seed, and each note no older than its
+        customer. Customers inserted later have none; deleted customers' notes are not served."""
+        with self._notes_lock:
+            if self._notes_by_customer is not None:
+                return self._notes_by_customer
+            customers = self._store("customers")
+            with customers.lock:
+                owners: list[tuple[Any, int]] = []
+                for raw in customers.encoded:
+                    rec = orjson.loads(raw)
+                    rid = rec.get("id") if isinstance(rec, dict) else None
+                    # Only ids a URL path can name; bool is an int subclass but no id.
+                    if isinstance(rid, str) or type(rid) is int:
+                        created = parse_timestamp(rec.get("created_at"))
+                        owners.append((rid, BASE_EPOCH if created is None else int(created)))
+            rng = resource_rng(self.seed, "customers:notes")
+            generated = note_records(rng, owners, self._profile.note_id_form().make)
+            index = {_id_key(cid): [_encode(n) for n in notes] for cid, notes in generated}
+            self._notes_by_customer = index
+            return index
+
+    def _customer_notes(self, ref: str) -> list[bytes] | None:
+        """The notes of the served customer a path segment names, None if there is none. The
+        segment is text; an integer id is tried first when the text is one (declared ids)."""
+        candidates: list[Any] = []
+        if ref.isascii() and ref.isdigit() and (ref == "0" or not ref.startswith("0")):
+            candidates.append(int(ref))
+        candidates.append(ref)
+        index = self._notes_index()
+        customers = self._store("customers")
+        with customers.lock:
+            for candidate in candidates:
+                try:
+                    customers.position_of(candidate)
+                except KeyError:
+                    continue
+                return list(index.get(_id_key(candidate), []))
+        return None
 
     def requests(self, resource: str | None = None) -> list[RequestLog]:
         with self._lock:
@@ -744,12 +852,18 @@ class CRMSimulator:
         if field == "updated_at":
             self._clock_past(parse_timestamp(value))
 
-    def add_resource(self, name: str, records: list[dict[str, Any]]) -> None:
-        """Serve ``records`` (in the given order) at ``/v1/<name>``, paged like the others.
-        Replaces a collection of the same name."""
+    def add_resource(
+        self, name: str, records: list[dict[str, Any]], paging: str = "offset"
+    ) -> None:
+        """Serve ``records`` (in the given order) at ``/v1/<name>``. Replaces a collection of
+        the same name. ``paging``: "offset" pages like the built-in collections; "link" answers
+        ``{"data": [...], "next": <absolute URL of the next page> | null}`` (``cursor`` and
+        ``limit`` parameters, no total); "none" answers ``{"data": [every record]}``."""
         if not name or "/" in name or "?" in name:
             raise ValueError(f"invalid resource name {name!r}")
-        store = _Store(name, self._profile, builtin=False)
+        if paging not in PAGING_MODES:
+            raise ValueError(f"paging must be one of {', '.join(PAGING_MODES)}, not {paging!r}")
+        store = _Store(name, self._profile, builtin=False, paging=paging)
         ids = [r.get("id") for r in records if r.get("id") is not None]
         if all(type(i) is int for i in ids):
             store.next_int_id = max(ids, default=0) + 1
@@ -786,7 +900,8 @@ class CRMSimulator:
 
     def _route(self, method: str, path: str, params: dict[str, str], headers: Any) -> _Response:
         store = self._stores.get(path[4:]) if path.startswith("/v1/") else None
-        if store is None or method not in ("GET", "HEAD"):
+        customer_ref = self._notes_target(path) if store is None else None
+        if (store is None and customer_ref is None) or method not in ("GET", "HEAD"):
             return _json_error(404, "not found")
         if not _same(params.get("api_key"), self._api_key):
             return _json_error(401, "invalid api key")
@@ -800,7 +915,19 @@ class CRMSimulator:
         limited = self._rate_limited()
         if limited is not None:
             return limited
-        return self._serve_collection(store, params)
+        if customer_ref is not None:
+            return self._serve_notes(customer_ref, params)
+        assert store is not None
+        return self._serve_collection(store, params, headers)
+
+    def _notes_target(self, path: str) -> str | None:
+        """The customer id in ``/v1/customers/<id>/notes`` (percent-decoded), when notes are on."""
+        if not (self._notes_on and path.startswith(_NOTES_PREFIX) and path.endswith(_NOTES_SUFFIX)):
+            return None
+        ref = path[len(_NOTES_PREFIX) : len(path) - len(_NOTES_SUFFIX)]
+        if not ref or "/" in ref:
+            return None
+        return unquote(ref)
 
     def _rate_limited(self) -> _Response | None:
         rate = self.rate_limit
@@ -828,46 +955,41 @@ class CRMSimulator:
             headers=(("Retry-After", _seconds(wait)),),
         )
 
-    def _unknown_param(self, store: _Store, params: dict[str, str]) -> str | None:
-        """The first query parameter this CRM does not know, for strict mode."""
-        filter_param = self.filter_param
+    def _unknown_param(
+        self, params: dict[str, str], known: tuple[str, ...], *, filtered: bool
+    ) -> str | None:
+        """The first query parameter this CRM does not know, for strict mode: besides auth,
+        the endpoint's ``known`` ones and, where ``filtered``, the incremental filter."""
+        filter_param = self.filter_param if filtered else None
         for name in params:
             if name == "api_key" or (filter_param is not None and name == filter_param):
                 continue
             if self.access_key_location == "query" and name == self.access_key_name:
                 continue
-            if store.paged and name in ("startIndex", "limit"):
+            if name in known:
                 continue
             return name
         return None
 
-    def _serve_collection(self, store: _Store, params: dict[str, str]) -> _Response:
-        if self.strict_params:
-            unknown = self._unknown_param(store, params)
-            if unknown is not None:
-                # The name only, never a value; and not even the name if a secret is in it
-                # (a client that put its key where a parameter name goes).
-                secrets = [s for s in (self._api_key, self._access_key) if s]
-                shown = "***" if any(s in unknown for s in secrets) else unknown
-                return _json_error(400, f"unknown query parameter: {shown}")
-        start, limit = 0, MAX_LIMIT
-        if store.paged:
-            try:
-                start = _non_negative(params, "startIndex", 0)
-                limit = min(_non_negative(params, "limit", MAX_LIMIT), MAX_LIMIT)
-            except ValueError as exc:
-                return _json_error(400, str(exc))
-        since: float | None = None
-        filter_param = self.filter_param
-        raw_since = params.get(filter_param) if filter_param is not None else None
-        if raw_since is not None:
-            # A literal "+" in a query string decodes to a space ("...T00:00:00 00:00").
-            since = parse_timestamp(raw_since.replace(" ", "+"))
-            if since is None:
-                return _json_error(400, f"{filter_param} must be an ISO-8601 timestamp")
+    def _strict_error(
+        self, params: dict[str, str], known: tuple[str, ...], *, filtered: bool
+    ) -> _Response | None:
+        if not self.strict_params:
+            return None
+        unknown = self._unknown_param(params, known, filtered=filtered)
+        if unknown is None:
+            return None
+        # The name only, never a value; and not even the name if a secret is in it
+        # (a client that put its key where a parameter name goes).
+        secrets = [s for s in (self._api_key, self._access_key) if s]
+        shown = "***" if any(s in unknown for s in secrets) else unknown
+        return _json_error(400, f"unknown query parameter: {shown}")
 
+    def _pick_fault(self, resource: str) -> tuple[Faults, bool, str | None]:
+        """The Faults in force, whether they apply to ``resource``, and this request's random
+        fault kind (None for none). One RNG draw per request the faults apply to."""
         faults = self._faults
-        applies = faults.applies_to(store.name)
+        applies = faults.applies_to(resource)
         kind: str | None = None
         if applies:
             with self._lock:
@@ -876,6 +998,11 @@ class CRMSimulator:
                 kind = self._picker.pick()
                 if kind is not None:
                     self._injected[kind] += 1
+        return faults, applies, kind
+
+    @staticmethod
+    def _fault_instead(faults: Faults, kind: str | None) -> _Response | None:
+        """The response a fault kind sends instead of the data (HTTP errors, HTML), if any."""
         if kind in _HTTP_FAULTS:
             status = _HTTP_FAULTS[kind]
             extra: tuple[tuple[str, str], ...] = ()
@@ -888,43 +1015,149 @@ class CRMSimulator:
             return _Response(
                 200, _NOT_JSON_BODY, content_type="text/html; charset=utf-8", fault=kind
             )
+        return None
 
+    def _serve_collection(
+        self, store: _Store, params: dict[str, str], headers: Any = None
+    ) -> _Response:
+        refused = self._strict_error(params, store.known_params, filtered=True)
+        if refused is not None:
+            return refused
+        start, limit = 0, MAX_LIMIT
+        link = store.paging == "link"
+        if store.paged:
+            try:
+                start = _non_negative(params, "startIndex", 0)
+                limit = min(_non_negative(params, "limit", MAX_LIMIT), MAX_LIMIT)
+            except ValueError as exc:
+                return _json_error(400, str(exc))
+        elif link:
+            try:
+                start = _read_cursor(params.get("cursor"))
+                limit = min(_non_negative(params, "limit", MAX_LIMIT), MAX_LIMIT)
+            except ValueError as exc:
+                return _json_error(400, str(exc))
+            if limit == 0:
+                # A zero-record page would link to itself forever.
+                return _json_error(400, "limit must be a positive integer")
+        since: float | None = None
+        filter_param = self.filter_param
+        raw_since = params.get(filter_param) if filter_param is not None else None
+        if raw_since is not None:
+            # A literal "+" in a query string decodes to a space ("...T00:00:00 00:00").
+            since = parse_timestamp(raw_since.replace(" ", "+"))
+            if since is None:
+                return _json_error(400, f"{filter_param} must be an ISO-8601 timestamp")
+
+        faults, applies, kind = self._pick_fault(store.name)
+        instead = self._fault_instead(faults, kind)
+        if instead is not None:
+            return instead
+
+        windowed = store.paged or link
         with store.lock:
             store.ensure()
             if since is None:
                 total = len(store.encoded)
-                chunk = store.encoded[start : start + limit] if store.paged else store.encoded
+                chunk = store.encoded[start : start + limit] if windowed else store.encoded
             else:
                 idx = store.filtered(since)
                 total = len(idx)
                 enc = store.encoded
-                sel = idx[start : start + limit] if store.paged else idx
+                sel = idx[start : start + limit] if windowed else idx
                 chunk = [enc[i] for i in sel]
             data = b"[" + b",".join(chunk) + b"]"
 
-        omit_total = applies and faults.omit_total
+        omit_total = applies and faults.omit_total and store.with_total
         if kind == "data_not_list":
             data = b'{"message":"temporarily unavailable","items":' + data + b"}"
         parts = [] if kind == "no_data" else [b'"data":' + data]
-        if kind != "no_total" and not omit_total:
+        if store.with_total and kind != "no_total" and not omit_total:
             parts.append(b'"total":%d' % total)
         if omit_total:
             self._count_fault("omit_total")
         if store.paged:
             parts.append(b'"startIndex":%d,"limit":%d' % (start, limit))
+        if link:
+            end = start + len(chunk)
+            following = (
+                self._next_url(store, headers, end, params, since is not None)
+                if end < total
+                else None
+            )
+            parts.append(b'"next":' + orjson.dumps(following))
         body = b"{" + b",".join(parts) + b"}"
 
-        if applies and store.paged and faults.insert_during_paging > 0:
+        if applies and windowed and faults.insert_during_paging > 0:
             n = int(faults.insert_during_paging)
             self._insert(store, n, self._tick())
             self._count_fault("inserted", n)
-        return _Response(
-            200,
-            body,
-            fault=kind,
-            drop=kind == "drop",
-            delay=float(faults.slow_seconds) if kind == "slow" else 0.0,
-        )
+        return _ok(body, kind, faults)
+
+    def _next_url(
+        self, store: _Store, headers: Any, offset: int, params: dict[str, str], filtered: bool
+    ) -> str:
+        """Absolute URL of the next link page. It repeats the request's limit and filter (a
+        client following links sends no other parameters) but never a secret: the client adds
+        its own auth to every request."""
+        query = {"cursor": _make_cursor(offset)}
+        if "limit" in params:
+            query["limit"] = str(min(int(params["limit"]), MAX_LIMIT))
+        if filtered and self.filter_param is not None:
+            # parse_qsl turned an unescaped "+" into a space; send the offset escaped instead.
+            query[self.filter_param] = params[self.filter_param].replace(" ", "+")
+        host = headers.get("Host") if headers is not None else None
+        origin = f"http://{host}" if host and _HOST_RE.fullmatch(host) else self.base_url
+        return f"{origin}/v1/{store.name}?{urlencode(query)}"
+
+    def _serve_notes(self, ref: str, params: dict[str, str]) -> _Response:
+        refused = self._strict_error(params, (), filtered=False)
+        if refused is not None:
+            return refused
+        notes = self._customer_notes(ref)
+        if notes is None:
+            return _json_error(404, "not found")
+        # Notes have their own fault scope ("notes" in only_resources); errors, HTML, drops,
+        # slowness and the data shape faults apply, the total and insert ones have no meaning.
+        faults, _applies, kind = self._pick_fault("notes")
+        instead = self._fault_instead(faults, kind)
+        if instead is not None:
+            return instead
+        data = b"[" + b",".join(notes) + b"]"
+        if kind == "data_not_list":
+            data = b'{"message":"temporarily unavailable","items":' + data + b"}"
+        body = b"{}" if kind == "no_data" else b'{"data":' + data + b"}"
+        return _ok(body, kind, faults)
+
+
+def _ok(body: bytes, kind: str | None, faults: Faults) -> _Response:
+    """A 200 answer, carrying the drop or slowness fault drawn for it, if any."""
+    return _Response(
+        200,
+        body,
+        fault=kind,
+        drop=kind == "drop",
+        delay=float(faults.slow_seconds) if kind == "slow" else 0.0,
+    )
+
+
+def _make_cursor(offset: int) -> str:
+    # Opaque to clients; URL-safe base64 without padding needs no escaping in a query string.
+    return base64.urlsafe_b64encode(_CURSOR_PREFIX + b"%d" % offset).rstrip(b"=").decode()
+
+
+def _read_cursor(token: str | None) -> int:
+    """The offset a cursor stands for (0 without one); ValueError for anything not ours."""
+    if token is None:
+        return 0
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+    except ValueError:  # binascii.Error, or non-ASCII text
+        raise ValueError("invalid cursor") from None
+    digits = raw[len(_CURSOR_PREFIX) :]
+    if not raw.startswith(_CURSOR_PREFIX) or not digits.isdigit():
+        raise ValueError("invalid cursor")
+    return int(digits)
 
 
 def _same(given: str | None, expected: str) -> bool:
