@@ -1,8 +1,9 @@
 """Run (c) of the benchmark: the physical floor of a sync from a local API.
 
-One plain `requests.Session` fetches every page of every `CRM_API` resource one after another and
+One plain `requests.Session` fetches every page of every `SEED_API` resource one after another and
 decodes it with the standard `json` module; nothing is stored. Endpoints and paging come from
-`CRM_API` itself, so the floor asks for exactly the pages a sync needs.
+`SEED_API` itself (the API contract, which `CRM_API` only adds schema hints to), so the floor
+asks for exactly the pages a full sync needs, whatever the shape of the records.
 
 Usage (the runner calls it): python benchmarks/floor.py, with CRM_BASE_URL, CRM_API_KEY and
 CRM_ACCESS_KEY in the environment. Prints one JSON line: pages, records, seconds.
@@ -17,7 +18,7 @@ import time
 
 import requests
 
-from crm_assets.api import API_KEY_PARAM, CRM_API
+from crm_assets.api import API_KEY_PARAM, SEED_API
 
 MAX_PAGES_PER_RESOURCE = 1_000_000  # a bound on every loop; far above any benchmark size
 
@@ -29,7 +30,7 @@ def main() -> int:
     with requests.Session() as session:
         session.headers["X-Access-Key"] = os.environ["CRM_ACCESS_KEY"]
         auth = {API_KEY_PARAM: os.environ["CRM_API_KEY"]}
-        for resource in CRM_API["resources"]:
+        for resource in SEED_API["resources"]:
             endpoint = resource["endpoint"]  # type: ignore[index]
             url = base_url + endpoint["path"]
             paginator = endpoint.get("paginator")

@@ -1,27 +1,76 @@
-"""Smoke test of the benchmark harness: one tiny local scenario end to end, no timing asserted.
+"""Smoke test of the benchmark harness: the tiny local scenario end to end, no timing asserted.
 
 The harness runs the simulator CLI, plain dlt, the real `dagster` CLI and the floor fetcher as
-subprocesses; this checks it produces its table with the three runs and exact counts.
+subprocesses; this checks it produces its table with the three runs and exact counts, both on the
+simulator's declared data (integer ids) and on the `crm` profile (18-character string ids,
+undeclared fields), so that the harness's own checks are known to work whatever the ids are.
 """
 
 from __future__ import annotations
 
+import argparse
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
+import pytest
+
+from crm_assets.api import SEED_API
 from crm_assets_tests.conftest import REPO_ROOT, clean_env
 
+BENCH_DIR = REPO_ROOT / "benchmarks"
+SMOKE_PROFILES = ("declared", "crm")
 
-def test_quick_local_benchmark_reports_three_correct_runs(tmp_path: Path) -> None:
+
+def _load(name: str) -> ModuleType:
+    """A benchmark script as a module: the scripts are run by path, not installed."""
+    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", BENCH_DIR / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    # Registered before it runs: dataclasses look their module up while the class is built.
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_baseline_is_the_seed_config_with_only_run_time_values() -> None:
+    """(a) must send what the seed's config sends: no declared schema, no incremental filter."""
+    config = _load("baseline").baseline_config("http://crm.test", "key", "access")
+    assert config["resources"] == SEED_API["resources"]
+    assert config["resource_defaults"] == SEED_API["resource_defaults"]
+    assert config["client"] == {
+        **SEED_API["client"],
+        "base_url": "http://crm.test",
+        "auth": {**SEED_API["client"]["auth"], "api_key": "key"},
+        "headers": {"X-Access-Key": "access"},
+    }
+    for resource in config["resources"]:
+        assert "params" not in resource["endpoint"]
+        assert "incremental" not in resource["endpoint"]
+
+
+def test_profile_option_accepts_one_a_list_or_all() -> None:
+    parse = _load("run").parse_profiles
+    assert parse("all") == ["declared", "crm", "uuid"]
+    assert parse("uuid") == ["uuid"]
+    assert parse("crm,declared,crm") == ["crm", "declared"]
+    with pytest.raises(argparse.ArgumentTypeError):
+        parse("declared,salesforce")
+
+
+def test_quick_local_benchmark_reports_correct_runs_for_each_profile(tmp_path: Path) -> None:
     results = tmp_path / "results"
     proc = subprocess.run(
         [
             sys.executable,
-            str(REPO_ROOT / "benchmarks" / "run.py"),
+            str(BENCH_DIR / "run.py"),
             "--scenario",
             "local",
+            "--profile",
+            ",".join(SMOKE_PROFILES),
             "--quick",
             "--results-dir",
             str(results),
@@ -30,21 +79,37 @@ def test_quick_local_benchmark_reports_three_correct_runs(tmp_path: Path) -> Non
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
-        timeout=180,
+        timeout=360,
         check=False,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads((results / "latest.json").read_text())
-    (local,) = report["scenarios"]
-    assert set(local["runs"]) == {"a", "b", "c"}
-    for key in ("a", "b"):
-        run = local["runs"][key]
-        assert run["ok"], run["error"]
-        for table, n in local["counts"].items():
-            assert run["detail"]["counts"][table] == {"rows": n, "distinct_ids": n, "expected": n}
-    assert local["runs"]["c"]["records"] == sum(local["counts"].values())
-    assert {"b/a", "b/c"} <= set(local["ratios"])
+    assert report["profiles"] == list(SMOKE_PROFILES)
+    rows = report["scenarios"]
+    assert [(row["scenario"], row["profile"]) for row in rows] == [
+        ("local", profile) for profile in SMOKE_PROFILES
+    ]
     table = (results / "latest.md").read_text()
-    for label in ("(a) plain dlt", "(b) this project", "(c) floor"):
-        assert label in table
+    for row in rows:
+        assert set(row["runs"]) == {"a", "b", "c"}
+        assert len(row["load_averages"]) == 3
+        for key in ("a", "b"):
+            run = row["runs"][key]
+            assert run["ok"], run["error"]
+            for name, n in row["counts"].items():
+                counts = run["detail"]["counts"][name]
+                assert (counts["rows"], counts["distinct_ids"], counts["null_ids"]) == (n, n, 0)
+                assert counts["expected"] == n
+                if row["profile"] == "crm":
+                    # The simulator did serve string ids, and they stayed strings.
+                    assert counts["id_type"] == "VARCHAR", (key, name, counts)
+        assert row["runs"]["c"]["ok"]
+        assert row["runs"]["c"]["records"] == sum(row["counts"].values())
+        assert {"b/a", "b/c"} <= set(row["ratios"])
+        assert row["targets"]
+        for label in ("(a) plain dlt", "(b) this project", "(c) floor"):
+            assert f"| local | {row['data']} | {label}" in table
+        load = " / ".join(f"{x:.2f}" for x in row["load_averages"])
+        assert f"| local | {row['data']} | {load} |" in table
+    assert [row["data"] for row in rows] == ["integer ids (declared)", "string ids (crm)"]
     assert report["machine"]["nproc"] >= 1
