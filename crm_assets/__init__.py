@@ -6,7 +6,7 @@ from typing import Any
 from dagster import Definitions
 from dagster_dlt import DagsterDltResource
 
-from crm_assets.api import CRM_API
+from crm_assets.api import CRM_API, validate_api_config
 from crm_assets.assets import build_crm_assets
 from crm_assets.automation import (
     crm_checks_job,
@@ -24,6 +24,7 @@ from crm_assets.resources import CRMCredentials, CRMWarehouse
 def build_definitions(api_config: Mapping[str, Any] = CRM_API) -> Definitions:
     """Everything, from the REST config: a resource added there becomes an asset with its
     checks and metadata, with no other change."""
+    validate_api_config(api_config)  # a config dlt would refuse fails here, in one line
     cron = sync_cron()
     freshness = freshness_policy(cron)
     return Definitions(
@@ -34,8 +35,8 @@ def build_definitions(api_config: Mapping[str, Any] = CRM_API) -> Definitions:
         executor=crm_executor(),  # CRM_EXECUTOR; in-process unless told otherwise
         resources={
             "dlt": DagsterDltResource(),
-            # CRM_BASE_URL, CRM_API_KEY, CRM_ACCESS_KEY: read through EnvVar when a run starts,
-            # so a missing one fails that run in one line (see CRMCredentials).
+            # CRM_BASE_URL, CRM_API_KEY, CRM_ACCESS_KEY (or dlt's [sources.crm]): read when a
+            # run starts, so a missing one fails that run in one line (see CRMCredentials).
             "crm_credentials": CRMCredentials(),
             "crm_warehouse": CRMWarehouse(),
         },

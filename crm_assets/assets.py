@@ -7,7 +7,6 @@ the real source from the `CRMCredentials` resource and hands it to `DagsterDltRe
 import gc
 import json
 import os
-import re
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -37,7 +36,14 @@ from pydantic import Field
 
 from crm_assets.api import CRM_API
 from crm_assets.automation import CRM_GROUP
-from crm_assets.client import CRMClient, CRMConfigError, RequestPolicy, ResourceStats
+from crm_assets.client import (
+    CRMAPIError,
+    CRMClient,
+    CRMConfigError,
+    CRMError,
+    RequestPolicy,
+    ResourceStats,
+)
 from crm_assets.resources import CRMCredentials, CRMWarehouse
 from crm_assets.source import crm_source
 from crm_assets.sync_lock import exclusive_sync
@@ -106,6 +112,10 @@ class CRMTranslator(DagsterDltTranslator):
     ) -> None:
         self.freshness = freshness
         self.columns = {r["name"]: r.get("columns", {}) for r in config["resources"]}
+        default_key = config.get("resource_defaults", {}).get("primary_key", "id")
+        self.primary_keys = {
+            r["name"]: r.get("primary_key", default_key) for r in config["resources"]
+        }
 
     def get_asset_spec(self, data: DltResourceTranslatorData) -> AssetSpec:
         name = data.resource.name
@@ -138,6 +148,47 @@ def _row_count(pipeline: Pipeline, table: str) -> int:
     return int(rows[0][0]) if rows else 0
 
 
+def drift_metadata(stats: ResourceStats) -> dict[str, Any]:
+    """How the table differs from its declaration, from the first sync on; the schema_drift
+    check reads these entries."""
+    drift = stats.drift
+    if drift is None:
+        return {}
+    metadata: dict[str, Any] = {
+        "declared_never_sent": MetadataValue.text(", ".join(drift.never_sent) or "-"),
+        "undeclared_fields": MetadataValue.text(", ".join(drift.undeclared) or "-"),
+        "type_mismatches": MetadataValue.json(dict(drift.mistyped)),
+        "variant_columns": MetadataValue.text(", ".join(drift.variants) or "-"),
+        "renamed_fields": MetadataValue.json(dict(drift.renamed)),
+        "drift_count": MetadataValue.int(drift.count),
+    }
+    if stats.filter_refused:
+        metadata["filter_refused"] = MetadataValue.text(stats.filter_refused)
+    return metadata
+
+
+def loaded_table_schema(
+    stats: ResourceStats, declared: Mapping[str, Mapping[str, Any]], primary_key: str
+) -> TableSchema | None:
+    """The table's columns as loaded, with their declared descriptions."""
+    if stats.column_types is None:
+        return None
+    columns = []
+    for name, kind in stats.column_types.items():
+        column = declared.get(name) or {}
+        columns.append(
+            TableColumn(
+                name=name,
+                type=str(kind),
+                description=column.get("description"),
+                constraints=TableColumnConstraints(
+                    nullable=name != primary_key, unique=name == primary_key
+                ),
+            )
+        )
+    return TableSchema(columns=columns)
+
+
 def _sync_metadata(
     stats: ResourceStats,
     rows_loaded: int,
@@ -163,27 +214,20 @@ def _sync_metadata(
         metadata["cursor_end"] = MetadataValue.text(stats.cursor_end or stats.cursor_start)
     metadata["records_without_id"] = MetadataValue.int(stats.null_keys)
     metadata["duplicate_ids"] = MetadataValue.int(stats.duplicate_keys)
-    if stats.variants:
-        metadata["schema_drift"] = MetadataValue.text(
-            "values that did not fit their declared type went to " + ", ".join(stats.variants)
-        )
+    metadata.update(drift_metadata(stats))
     return metadata
 
 
-_FAILURE = re.compile(r"^(?P<resource>[^:]+): (?P<kind>.+?) from GET (?P<path>\S+)(?P<hint>.*)$")
-
-
-def failure_summary(failures: list[str], total: int) -> str:
+def failure_summary(failures: list[CRMError], total: int) -> str:
     """One line for the run, every resource with its kind and path; a fix they all share (a
     wrong key fails all five alike) is said once, up front, rather than five times."""
-    matches = [_FAILURE.match(f) for f in failures]
-    hints = {m["hint"] for m in matches if m}
     head = f"{len(failures)} of {total} CRM resources failed"
-    if len(failures) > 1 and all(matches) and len(hints) == 1 and hints != {""}:
-        shared = hints.pop()
-        parts = [f"{m['resource']}: {m['kind']} from GET {m['path']}" for m in matches if m]
-        return f"{head}{shared}: " + "; ".join(parts)
-    return f"{head}: " + "; ".join(failures)
+    api = [f for f in failures if isinstance(f, CRMAPIError)]
+    hints = {f.detail for f in api}
+    if len(failures) > 1 and len(api) == len(failures) and len(hints) == 1 and hints != {""}:
+        parts = [f"{f.resource}: {f.kind} from GET {f.path}" for f in api]
+        return f"{head} ({hints.pop()}): " + "; ".join(parts)
+    return f"{head}: " + "; ".join(str(f) for f in failures)
 
 
 class CRMSyncConfig(Config):
@@ -193,6 +237,12 @@ class CRMSyncConfig(Config):
         default=False,
         description="Ignore the incremental cursors of the selected resources: read every "
         "record again and merge it.",
+    )
+    rebuild: bool = Field(
+        default=False,
+        description="Drop the selected resources' tables and state, then load them again from "
+        "the CRM: the way out when a key's type changed in the CRM. Rows come back with the "
+        "load; until it succeeds the tables are empty.",
     )
 
 
@@ -220,7 +270,7 @@ def build_crm_assets(
         # Settings first: a missing or wrong one fails the run in one line, before any request,
         # lock or file.
         try:
-            connection = crm_credentials.connection()
+            connection = crm_credentials.connection(api_config.get("client"))
         except CRMConfigError as exc:
             raise Failure(description=str(exc), allow_retries=False) from None
         # One sync at a time per pipeline folder and per DuckDB file, whatever the instance's
@@ -241,6 +291,7 @@ def build_crm_assets(
                         dlt_pipeline=pipeline,
                         dagster_dlt_translator=translator,
                         loader_file_format=LOADER_FILE_FORMAT,
+                        **({"refresh": "drop_resources"} if config.rebuild else {}),
                     )
                 )
             seconds = time.monotonic() - started
@@ -248,7 +299,7 @@ def build_crm_assets(
             row_counts = trace.last_normalize_info.row_counts if trace.last_normalize_info else {}
             load_info = trace.last_load_info
             load_id = load_info.loads_ids[-1] if load_info and load_info.loads_ids else None
-            failures: list[str] = []
+            failures: list[CRMError] = []
             for result in results:
                 key = result.asset_key
                 name = key.path[-1] if key else ""
@@ -256,19 +307,27 @@ def build_crm_assets(
                 if stats.failure:
                     failures.append(stats.failure)
                     continue
-                yield MaterializeResult(
-                    asset_key=key,
-                    metadata={
-                        **(result.metadata or {}),
-                        **_sync_metadata(
-                            stats,
-                            row_counts.get(name, 0),
-                            _row_count(pipeline, name),
-                            seconds,
-                            load_id,
-                        ),
-                    },
+                if stats.null_keys:
+                    # Loaded, but not whole: the rest of the resource is in, and the run fails.
+                    pk = translator.primary_keys.get(name, "id")
+                    failures.append(
+                        CRMError(
+                            f"{name}: {stats.null_keys:,} of {stats.records:,} records have no "
+                            f"{pk}; loaded {stats.records - stats.null_keys:,}"
+                        )
+                    )
+                metadata = {
+                    **(result.metadata or {}),
+                    **_sync_metadata(
+                        stats, row_counts.get(name, 0), _row_count(pipeline, name), seconds, load_id
+                    ),
+                }
+                schema = loaded_table_schema(
+                    stats, translator.columns.get(name, {}), translator.primary_keys[name]
                 )
+                if schema is not None:
+                    metadata["dagster/column_schema"] = schema
+                yield MaterializeResult(asset_key=key, metadata=metadata)
             if failures:
                 raise Failure(
                     description=failure_summary(failures, len(results)), allow_retries=False

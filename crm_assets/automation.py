@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from datetime import UTC, datetime, timedelta
 
+from croniter import croniter
 from dagster import (
     AssetSelection,
     DefaultScheduleStatus,
@@ -12,7 +13,6 @@ from dagster import (
     ScheduleDefinition,
     define_asset_job,
 )
-from dagster._utils.schedules import cron_string_iterator, is_valid_cron_string
 
 CRM_GROUP = "crm"
 DEFAULT_SYNC_CRON = "0 2 * * *"  # daily, at night (UTC)
@@ -46,7 +46,7 @@ def sync_cron() -> str:
     """The schedule's cron (CRM_SYNC_CRON). Read when the definitions load: a schedule is part
     of the definitions, so it cannot wait for a run; a wrong value fails with one line."""
     cron = os.environ.get("CRM_SYNC_CRON") or DEFAULT_SYNC_CRON
-    if not is_valid_cron_string(cron):
+    if not croniter.is_valid(cron):
         raise ValueError(f"CRM_SYNC_CRON is not a valid cron expression: {cron!r}")
     return cron
 
@@ -54,8 +54,8 @@ def sync_cron() -> str:
 def longest_gap(cron: str, sample: int = 64) -> timedelta:
     """The longest time between two ticks of `cron`, so that freshness never flags a gap the
     schedule itself leaves (a weekday-only cron has a three-day weekend gap)."""
-    ticks = cron_string_iterator(datetime(2025, 1, 1, tzinfo=UTC).timestamp(), cron, "UTC")
-    times = [next(ticks) for _ in range(sample)]
+    ticks = croniter(cron, datetime(2025, 1, 1, tzinfo=UTC))
+    times = [ticks.get_next(datetime) for _ in range(sample)]
     return max(b - a for a, b in zip(times, times[1:], strict=False))
 
 

@@ -21,7 +21,7 @@ from dagster import (
     FreshnessPolicy,
     multi_asset_check,
 )
-from dlt.destinations.exceptions import DatabaseUndefinedRelation
+from dlt.destinations.exceptions import DatabaseTerminalException, DatabaseUndefinedRelation
 
 from crm_assets.api import CRM_API
 from crm_assets.assets import asset_key
@@ -43,13 +43,17 @@ def _specs(api_config: Mapping[str, Any], freshness: bool) -> list[AssetCheckSpe
             AssetCheckSpec(
                 PRIMARY_KEY,
                 asset=key,
-                description="Every record has an id, and each id is in the table once (ERROR).",
+                description="Every record has an id, and each id is in the table once (ERROR, "
+                "blocking).",
+                blocking=True,
             ),
             AssetCheckSpec(ROW_COUNT, asset=key, description="The table is not empty (WARN)."),
             AssetCheckSpec(
                 SCHEMA_DRIFT,
                 asset=key,
-                description="The columns are the same as after the previous sync (WARN).",
+                description="The data matches its declaration (no declared field missing, no "
+                "undeclared field, every declared type fits) and the columns are the same as "
+                "after the previous sync (WARN).",
             ),
         ]
         if freshness:
@@ -97,6 +101,21 @@ class _Warehouse:
     def table(self, name: str) -> str:
         return self.client.make_qualified_table_name(name)
 
+    def has_column(self, table: str, column: str) -> bool:
+        try:
+            self.client.execute_sql(
+                f"SELECT {self.column(column)} FROM {self.table(table)} WHERE 1 = 0"
+            )
+        except DatabaseUndefinedRelation:
+            return False
+        except DatabaseTerminalException:
+            return False
+        return True
+
+    def column(self, name: str) -> str:
+        """A column name quoted and escaped for this destination (names come from the CRM)."""
+        return self.client.escape_column_name(name)
+
 
 def _latest_metadata(
     context: AssetCheckExecutionContext, key: AssetKey, limit: int = 1
@@ -115,8 +134,10 @@ def _value(metadata: Mapping[str, Any], name: str, default: Any = 0) -> Any:
 def _primary_key(
     db: _Warehouse, context: AssetCheckExecutionContext, key: AssetKey, table: str, pk: str
 ) -> AssetCheckResult:
+    column = db.column(pk)
     rows = db.query(
-        f"SELECT count(*) - count({pk}), count({pk}) - count(DISTINCT {pk}) FROM {db.table(table)}"
+        f"SELECT count(*) - count({column}), count({column}) - count(DISTINCT {column}) "
+        f"FROM {db.table(table)}"
     )
     null_in_table, duplicate_in_table = rows[0] if rows else (0, 0)
     latest = (_latest_metadata(context, key) or [{}])[0]
@@ -164,12 +185,18 @@ def _references(
     for ref in references:
         column, parent = ref["columns"][0], ref["referenced_table"]
         parent_column = ref["referenced_columns"][0]
+        child, target = db.column(column), db.column(parent_column)
+        if not db.has_column(table, column):
+            dangling[f"{column} -> {parent}.{parent_column}"] = 0  # never sent: nothing dangles
+            continue
+        # Compared as text: a CRM may send a reference with another type than the key it names.
         rows = db.query(
-            f"SELECT count(*) FROM {db.table(table)} c WHERE c.{column} IS NOT NULL AND NOT "
-            f"EXISTS (SELECT 1 FROM {db.table(parent)} p WHERE p.{parent_column} = c.{column})"
+            f"SELECT count(*) FROM {db.table(table)} c WHERE c.{child} IS NOT NULL AND NOT "
+            f"EXISTS (SELECT 1 FROM {db.table(parent)} p "
+            f"WHERE CAST(p.{target} AS VARCHAR) = CAST(c.{child} AS VARCHAR))"
         )
         if rows is None:  # the parent table is missing: every reference dangles
-            rows = db.query(f"SELECT count({column}) FROM {db.table(table)}")
+            rows = db.query(f"SELECT count({child}) FROM {db.table(table)}")
         dangling[f"{column} -> {parent}.{parent_column}"] = int(rows[0][0]) if rows else 0
     bad = {k: v for k, v in dangling.items() if v}
     return AssetCheckResult(
@@ -193,32 +220,45 @@ def _schema_drift(
     context: AssetCheckExecutionContext, key: AssetKey, table: str
 ) -> AssetCheckResult:
     latest = _latest_metadata(context, key, limit=2)
-    if len(latest) < 2:
-        return AssetCheckResult(
-            asset_key=key,
-            check_name=SCHEMA_DRIFT,
-            passed=True,
-            severity=AssetCheckSeverity.WARN,
-            description="first sync: nothing to compare with yet",
-        )
-    now, before = _columns(latest[0]), _columns(latest[1])
-    added, removed = sorted(now - before), sorted(before - now)
+    now = latest[0] if latest else {}
+    findings: list[str] = []
+    never_sent = _value(now, "declared_never_sent", "-")
+    undeclared = _value(now, "undeclared_fields", "-")
+    mistyped = _value(now, "type_mismatches", {}) or {}
+    variants = _value(now, "variant_columns", "-")
+    if never_sent != "-":
+        findings.append(f"declared but never sent: {never_sent}")
+    if undeclared != "-":
+        findings.append(f"sent but not declared: {undeclared}")
+    if mistyped:
+        findings.append("types: " + ", ".join(f"{c} {d}" for c, d in mistyped.items()))
+    if variants != "-":
+        findings.append(f"values that fit no column type went to {variants}")
+    added: list[str] = []
+    removed: list[str] = []
+    if len(latest) >= 2:
+        columns, before = _columns(latest[0]), _columns(latest[1])
+        added, removed = sorted(columns - before), sorted(before - columns)
+        if added or removed:
+            findings.append(
+                f"columns changed since the previous sync: added {added or 'none'}, "
+                f"removed {removed or 'none'}"
+            )
     return AssetCheckResult(
         asset_key=key,
         check_name=SCHEMA_DRIFT,
-        passed=not added and not removed,
+        passed=not findings,
         severity=AssetCheckSeverity.WARN,
         metadata={
+            "declared_never_sent": never_sent,
+            "undeclared_fields": undeclared,
+            "type_mismatches": ", ".join(f"{c}: {d}" for c, d in mistyped.items()) or "-",
+            "variant_columns": variants,
             "added_columns": ", ".join(added) or "-",
             "removed_columns": ", ".join(removed) or "-",
-            "columns": len(now),
+            "columns": len(_columns(now)),
         },
-        description=None
-        if not (added or removed)
-        else (
-            f"{table} columns changed since the previous sync: added {added or 'none'}, "
-            f"removed {removed or 'none'}"
-        ),
+        description=f"{table}: " + "; ".join(findings) if findings else None,
     )
 
 

@@ -50,8 +50,11 @@ class CRMConfigError(CRMError):
 class CRMAPIError(CRMError):
     """The CRM answered in a way a retry cannot fix, or kept failing until attempts ran out."""
 
-    def __init__(self, resource: str, kind: str, path: str, detail: str = "") -> None:
-        self.resource, self.kind, self.path = resource, kind, path
+    def __init__(
+        self, resource: str, kind: str, path: str, detail: str = "", status: int | None = None
+    ) -> None:
+        self.resource, self.kind, self.path, self.detail = resource, kind, path, detail
+        self.status = status
         super().__init__(f"{resource}: {kind} from GET {path}" + (f" ({detail})" if detail else ""))
 
 
@@ -64,6 +67,7 @@ class CRMConnection:
     access_key: str | None = field(default=None, repr=False)
     access_key_name: str = "X-Access-Key"
     access_key_location: AccessKeyLocation = "header"
+    api_key_name: str = API_KEY_PARAM  # the query parameter of the config's `api_key` auth
 
     def __post_init__(self) -> None:
         if not self.base_url.startswith(("http://", "https://")):
@@ -135,7 +139,7 @@ class ResourceStats:
     records: int = 0
     retries: int = 0
     total: int | None = None
-    failure: str | None = None
+    failure: CRMError | None = None  # why this resource stopped, as data
     variants: list[str] = field(default_factory=list)
     first_total: int | None = None  # the total the first page gave, before any change
     cursor_start: str | None = None
@@ -143,6 +147,9 @@ class ResourceStats:
     seconds: float = 0.0  # from the first request to the last record of this resource
     null_keys: int = 0
     duplicate_keys: int = 0
+    drift: Any = None  # conversion.Drift: the table against its declaration
+    column_types: dict[str, Any] | None = None  # warehouse column -> conversion.ColumnType
+    filter_refused: str | None = None  # the incremental filter the CRM answered 400 to
     key_chunks: list[Any] = field(default_factory=list, repr=False)
 
 
@@ -376,7 +383,7 @@ class CRMClient:
         stats = self.stats.setdefault(resource, ResourceStats())
         shown = _describe(path, params)
         send = dict(params)
-        send[API_KEY_PARAM] = self.connection.api_key
+        send[self.connection.api_key_name] = self.connection.api_key
         if self.connection.access_key and self.connection.access_key_location == "query":
             send[self.connection.access_key_name] = self.connection.access_key
         url = self.connection.base_url.rstrip("/") + path
@@ -419,7 +426,7 @@ class CRMClient:
             detail = f"nothing answers at {self.connection.base_url}; check CRM_BASE_URL"
         # Nobody listening is about the host, not the page: the query string would only distract.
         where = path if outcome.kind == "connection refused" else shown
-        raise CRMAPIError(resource, outcome.kind, where, detail)
+        raise CRMAPIError(resource, outcome.kind, where, detail, outcome.status)
 
     # -- a whole resource ----------------------------------------------------------------------
 

@@ -7,7 +7,9 @@ environment, and for the CRM's address and keys in dlt's settings too) only when
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import dlt
 from dagster import ConfigurableResource, EnvVar
@@ -15,6 +17,7 @@ from dlt.common.configuration.exceptions import ConfigProviderException
 from dlt.pipeline.pipeline import Pipeline
 from pydantic import Field
 
+from crm_assets.api import API_KEY_PARAM, DEFAULT_BASE_URL
 from crm_assets.client import CRMConfigError, CRMConnection
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -60,10 +63,12 @@ def _from_dlt(key: str, *, secret: bool) -> str | None:
     return value.strip() or None
 
 
-def _required(value: str | None, env: str, key: str, *, secret: bool) -> str:
+def _required(
+    value: str | None, env: str, key: str, *, secret: bool, default: str | None = None
+) -> str:
     """A setting the run cannot do without: given in run config, else read from `env` now,
-    else from dlt's settings under `[sources.crm]`."""
-    resolved = value or EnvVar(env).get_value() or _from_dlt(key, secret=secret)
+    else from dlt's settings under `[sources.crm]`, else `default`."""
+    resolved = value or EnvVar(env).get_value() or _from_dlt(key, secret=secret) or default
     if not resolved:
         settings_file = "secrets.toml" if secret else "config.toml"
         raise CRMConfigError(
@@ -107,10 +112,23 @@ class CRMCredentials(ConfigurableResource):
         description="Where the access key travels (CRM_ACCESS_KEY_LOCATION, default header).",
     )
 
-    def connection(self) -> CRMConnection:
+    def connection(self, client: Mapping[str, Any] | None = None) -> CRMConnection:
+        """The connection for a sync. `client` is the REST config's `client`: its `base_url` (unless
+        it is the seed's placeholder) is the fallback of CRM_BASE_URL, and its `api_key` auth says
+        which query parameter carries the key."""
         location = _setting(self.access_key_location, "CRM_ACCESS_KEY_LOCATION", "header")
+        client = client or {}
+        configured = client.get("base_url")
+        auth = client.get("auth") if isinstance(client.get("auth"), Mapping) else {}
         return CRMConnection(
-            base_url=_required(self.base_url, "CRM_BASE_URL", "base_url", secret=False),
+            base_url=_required(
+                self.base_url,
+                "CRM_BASE_URL",
+                "base_url",
+                secret=False,
+                default=None if configured == DEFAULT_BASE_URL else configured,
+            ),
+            api_key_name=str(auth.get("name") or API_KEY_PARAM),
             api_key=_required(self.api_key, "CRM_API_KEY", "api_key", secret=True),
             access_key=_required(self.access_key, "CRM_ACCESS_KEY", "access_key", secret=True),
             access_key_name=_setting(self.access_key_name, "CRM_ACCESS_KEY_NAME", "X-Access-Key")

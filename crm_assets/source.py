@@ -1,21 +1,19 @@
 """The dlt source: one dlt resource per entry of `CRM_API`, fed by `CRMClient`.
 
-Pages become Arrow tables with the declared column types before dlt sees them, so dlt skips its
-per-record normalisation (the slowest part of a plain `rest_api_source` sync) and the warehouse
-gets the declared types: decimals, timestamps with time zone, booleans, JSON for nested values.
-Fields the API sends that `CRM_COLUMNS` does not declare still load, as new nullable columns.
+Pages become typed Arrow tables (see conversion.py: the data decides the types, the declaration
+refines them) before dlt sees them, so dlt skips its per-record normalisation, the slowest part of
+a plain `rest_api_source` sync, and still gets every field the CRM sends.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from datetime import datetime
 from typing import Any
 
 import dlt
-import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 from dlt.common.schema import Schema
@@ -23,187 +21,20 @@ from dlt.extract.resource import DltResource
 from dlt.extract.source import DltSource
 
 from crm_assets.api import CRM_API
-from crm_assets.client import CRMClient, CRMConfigError, CRMError, ResourceStats
+from crm_assets.client import CRMAPIError, CRMClient, CRMConfigError, CRMError, ResourceStats
+from crm_assets.conversion import KeyTypeChanged, TableBuilder
+from crm_assets.rest_api_path import (
+    SecretScrubber,
+    client_gap,
+    dlt_pages,
+    dlt_rest_resources,
+    fast_path_gap,
+)
 
 SOURCE_NAME = "crm"
 BATCH_ROWS = 10_000  # rows per Arrow table handed to dlt: large enough to amortise, small in RAM
 PROGRESS_EVERY_S = 5.0
-
-_ARROW_TYPES: dict[str, pa.DataType] = {
-    "bigint": pa.int64(),
-    "text": pa.string(),
-    "bool": pa.bool_(),
-    "double": pa.float64(),
-}
-
-
-# What Arrow raises when a value does not fit the declared type of its column.
-_CONVERSION_ERRORS = (
-    pa.ArrowInvalid,
-    pa.ArrowTypeError,
-    pa.ArrowNotImplementedError,
-    OverflowError,
-    TypeError,
-    ValueError,
-)
-
-
-def _arrow_type(column: Mapping[str, Any]) -> pa.DataType:
-    data_type = column.get("data_type", "text")
-    if data_type == "decimal":
-        return pa.decimal128(column.get("precision", 38), column.get("scale", 9))
-    if data_type == "timestamp":
-        return pa.timestamp("us", tz="UTC" if column.get("timezone", True) else None)
-    if data_type == "date":
-        return pa.date32()
-    return _ARROW_TYPES.get(data_type, pa.string())
-
-
-def _json_or_none(value: Any) -> str | None:
-    return None if value is None else orjson.dumps(value).decode()
-
-
-def _declared_array(values: list[Any], column: Mapping[str, Any], target: pa.DataType) -> pa.Array:
-    """Convert one declared column; raises Arrow errors when a value does not fit the type."""
-    data_type = column.get("data_type")
-    if data_type == "json":
-        return pa.array([_json_or_none(v) for v in values], pa.string())
-    if data_type == "decimal":
-        # Floats and numeric strings both reach an exact decimal; bools are not numbers here.
-        if any(isinstance(v, bool) for v in values):
-            raise pa.ArrowInvalid("boolean in a decimal column")
-        return pa.array([None if v is None else str(v) for v in values], pa.string()).cast(target)
-    if data_type in ("timestamp", "date"):
-        return pa.array(values, pa.string()).cast(target)
-    if data_type == "bigint":
-        _check_integers(values)
-    return pa.array(values, target)
-
-
-def _check_integers(values: Iterable[Any]) -> None:
-    """Arrow turns 1.5 into 1 in an integer column without a word, and True into 1: refuse
-    both, so that the value goes to the variant column instead of losing its fraction."""
-    for v in values:
-        if isinstance(v, bool) or (isinstance(v, float) and not v.is_integer()):
-            raise pa.ArrowInvalid(f"{v!r} in an integer column")
-
-
-def _fits(value: Any, column: Mapping[str, Any], target: pa.DataType) -> bool:
-    try:
-        _declared_array([value], column, target)
-    except _CONVERSION_ERRORS:
-        return False
-    return True
-
-
-def _split_variant(
-    values: list[Any], column: Mapping[str, Any], target: pa.DataType
-) -> tuple[pa.Array, pa.Array]:
-    """Values that fit stay in the column; the rest go, as text, to its variant column."""
-    fit = [_fits(v, column, target) for v in values]
-    kept = _declared_array(
-        [v if ok else None for v, ok in zip(values, fit, strict=True)], column, target
-    )
-    moved = [
-        None if ok or v is None else (v if isinstance(v, str) else _json_or_none(v))
-        for v, ok in zip(values, fit, strict=True)
-    ]
-    return kept, pa.array(moved, pa.string())
-
-
-# Declared types whose values pyarrow's own converter takes as they come from JSON (timestamps and
-# dates as their ISO text, cast afterwards). Decimals and JSON stay on the per-column path: a
-# decimal must not pass through a float, and JSON values need serialising.
-_STRUCT_TYPES: dict[str, pa.DataType] = {
-    "bigint": pa.int64(),
-    "text": pa.string(),
-    "bool": pa.bool_(),
-    "double": pa.float64(),
-    "timestamp": pa.string(),
-    "date": pa.string(),
-}
-
-
-def _declared_arrays_at_once(
-    records: list[dict[str, Any]], columns: Mapping[str, Mapping[str, Any]]
-) -> dict[str, pa.Array] | None:
-    """Every declared column of `records`, the plain ones converted in one pass of pyarrow's C++
-    converter over the records rather than one Python list per column (about half the time of
-    the per-column path, measured on 10,000-record batches). None when any value does not fit:
-    the per-column path then finds it and gives it a variant column."""
-    direct = [
-        pa.field(name, _STRUCT_TYPES[column.get("data_type", "text")])
-        for name, column in columns.items()
-        if column.get("data_type", "text") in _STRUCT_TYPES
-    ]
-    arrays: dict[str, pa.Array] = {}
-    try:
-        for name, column in columns.items():
-            if column.get("data_type") == "bigint":
-                _check_integers(r.get(name) for r in records)
-        struct = pa.array(records, pa.struct(direct)) if direct else None
-        for name, column in columns.items():
-            target = _arrow_type(column)
-            if struct is not None and column.get("data_type", "text") in _STRUCT_TYPES:
-                array = struct.field(name)
-                arrays[name] = array if array.type == target else array.cast(target)
-            else:
-                arrays[name] = _declared_array([r.get(name) for r in records], column, target)
-    except _CONVERSION_ERRORS:
-        return None
-    return arrays
-
-
-def records_to_table(
-    records: list[dict[str, Any]], columns: Mapping[str, Mapping[str, Any]]
-) -> tuple[pa.Table, list[str]]:
-    """Turn API records into an Arrow table with the declared types.
-
-    Returns the table and the names of variant columns created for values that do not fit their
-    declared type (`amount` holding "n/a" goes to `amount__v_text`, as dlt itself names them):
-    the load goes on, and the asset reports the drift.
-    """
-    arrays: dict[str, pa.Array] = {}
-    fields: list[pa.Field] = []
-    variants: list[str] = []
-    at_once = _declared_arrays_at_once(records, columns)
-    for name, column in columns.items():
-        target = _arrow_type(column)
-        if at_once is not None:
-            arrays[name] = at_once[name]
-            fields.append(pa.field(name, target, nullable=column.get("nullable", True)))
-            continue
-        values = [r.get(name) for r in records]
-        try:
-            arrays[name] = _declared_array(values, column, target)
-            drifted = False
-        except _CONVERSION_ERRORS:
-            arrays[name], arrays[f"{name}__v_text"] = _split_variant(values, column, target)
-            variants.append(f"{name}__v_text")
-            drifted = True
-        # A value moved to the variant column leaves a null behind, even in a required column.
-        nullable = column.get("nullable", True) or drifted
-        fields.append(pa.field(name, target, nullable=nullable))
-        if drifted:
-            fields.append(pa.field(variants[-1], pa.string()))
-    extra: dict[str, None] = {}
-    declared = columns.keys()
-    for record in records:
-        if not record.keys() <= declared:
-            extra.update(dict.fromkeys(k for k in record if k not in columns))
-    for name in extra:
-        values = [r.get(name) for r in records]
-        if any(isinstance(v, dict | list) for v in values):
-            array = pa.array([_json_or_none(v) for v in values], pa.string())
-        else:
-            try:
-                array = pa.array(values)
-            except _CONVERSION_ERRORS:
-                array = pa.array([None if v is None else str(v) for v in values], pa.string())
-        arrays[name] = array
-        fields.append(pa.field(name, array.type))
-    schema = pa.schema(fields)
-    return pa.table([arrays[f.name] for f in schema], schema=schema), variants
+RENAMES_STATE_KEY = "renamed_fields"
 
 
 class _ExpectedArrowHintOverride(logging.Filter):
@@ -226,6 +57,23 @@ def _placeholder(name: str) -> Iterator[pa.Table]:
     yield  # pragma: no cover - makes this a generator
 
 
+def _existing_columns(name: str) -> dict[str, Any]:
+    """The columns dlt's schema holds for table `name` from earlier syncs (restored from the
+    destination before extraction starts), so a column keeps its type from sync to sync."""
+    try:
+        schema = dlt.current.source_schema()
+    except Exception:  # outside a pipeline run (e.g. iterating the source directly)
+        return {}
+    return dict(schema.tables.get(name, {}).get("columns", {}))
+
+
+def _naming() -> Any:
+    try:
+        return dlt.current.source_schema().naming
+    except Exception:
+        return Schema(SOURCE_NAME).naming
+
+
 def _extract(
     client: CRMClient,
     name: str,
@@ -233,50 +81,90 @@ def _extract(
     columns: Mapping[str, Mapping[str, Any]],
     primary_key: str | None,
     full_refresh: bool = False,
-) -> Iterator[pa.Table]:
-    """All records of one resource as Arrow tables. A failure ends this resource only: it is
-    recorded in the client's stats, and the other resources of the same run carry on.
+    via_dlt: DltResource | None = None,
+) -> Iterator[Any]:
+    """All records of one resource as typed Arrow tables. A failure ends this resource only: it
+    is recorded in the client's stats, and the other resources of the same run carry on.
 
-    With an `incremental` endpoint the API is asked only for records changed since the cursor,
-    which lives in dlt's resource state (stored with the data at the destination, so it survives
-    a new machine). The cursor moves only when the whole resource was read, so a failed or
-    interrupted sync is repeated from the same point rather than skipping what it missed.
+    With an `incremental` endpoint (the declaration names the CRM's filter), a sync after the
+    first asks only for records changed since the cursor, which lives in dlt's resource state
+    (stored with the data at the destination, so it survives a new machine). The first sync, a
+    full refresh, and a CRM that refuses the filter read everything. The cursor moves only when
+    the whole resource was read, so a failed or interrupted sync is repeated from the same point.
     """
     stats = client.stats.setdefault(name, ResourceStats())
-    incremental = endpoint.get("incremental")
+    state = dlt.current.resource_state()
+    builder = TableBuilder(
+        name,
+        columns,
+        primary_key,
+        _naming().normalize_path,
+        existing=_existing_columns(name),
+        renames=state.get(RENAMES_STATE_KEY),
+    )
+    stats.column_types = builder.types
+    # dlt's own resources keep their own incremental state; the fast path keeps ours.
+    incremental = None if via_dlt is not None else endpoint.get("incremental")
     params: dict[str, Any] = {}
-    state: dict[str, Any] = {}
     if incremental:
-        state = dlt.current.resource_state()
         saved = None if full_refresh else state.get("cursor")
-        stats.cursor_start = saved or incremental.get("initial_value")
-        if stats.cursor_start is not None:
-            params[incremental["start_param"]] = stats.cursor_start
+        stats.cursor_start = saved
+        if saved is not None:
+            params[incremental["start_param"]] = saved
     newest: Any = None
-    batch: list[dict[str, Any]] = []
-    started = last_report = time.monotonic()
+    started = time.monotonic()
+
+    def _pages() -> Iterator[list[dict[str, Any]]]:
+        if via_dlt is None:
+            return client.iter_pages(name, endpoint, params)
+        return _counted(dlt_pages(via_dlt, client.connection), stats)
+
     try:
-        for records in client.iter_pages(name, endpoint, params):
-            batch.extend(records)
-            if len(batch) >= BATCH_ROWS:
-                table = _to_table(stats, batch, columns, primary_key)
-                newest = _newest(table, incremental, newest)
-                yield table
-                batch = []
-            if time.monotonic() - last_report >= PROGRESS_EVERY_S:
-                last_report = time.monotonic()
-                client.log.info(_progress(name, stats))
-        if batch:
-            table = _to_table(stats, batch, columns, primary_key)
-            newest = _newest(table, incremental, newest)
-            yield table
+        try:
+            tables = _tables(client, name, _pages(), builder, stats, primary_key)
+            first = next(tables, None)
+        except CRMAPIError as exc:
+            if not (params and exc.status == 400):
+                raise
+            # The CRM refuses the declared filter: read in full (exact, only slower) and say so.
+            stats.filter_refused = incremental["start_param"]  # type: ignore[index]
+            client.log.warning(
+                f"{name}: the CRM answered HTTP 400 to the filter {stats.filter_refused}; "
+                "reading every record instead. Remove `incremental` from this resource in "
+                "declared_schema.yaml, or run crm-discover, to stop asking"
+            )
+            params = {}
+            stats.pages = stats.records = 0
+            tables = _tables(client, name, _pages(), builder, stats, primary_key)
+            first = next(tables, None)
+        if first is not None:
+            for table in _chain(first, tables):
+                newest = _newest(table, incremental, builder, newest)
+                hints = builder.take_new_hints()
+                yield (
+                    dlt.mark.with_hints(table, dlt.mark.make_hints(columns=hints))
+                    if hints
+                    else table
+                )
         client.log.info(_progress(name, stats))
+    except KeyTypeChanged as exc:
+        stats.failure = CRMError(
+            f"{exc}; nothing of {name} was loaded in this run. Run once with the run config "
+            "`rebuild: true` to reload the table with the CRM's key type"
+        )
+        client.log.warning(str(stats.failure))
+        return
     except CRMError as exc:
-        stats.failure = str(exc)
+        stats.failure = exc
         client.log.warning(f"{name}: extraction stopped: {exc}")
         return
+    finally:
+        stats.drift = builder.drift()
+        if builder.renamed:
+            state[RENAMES_STATE_KEY] = dict(builder.renamed)
     stats.seconds = time.monotonic() - started
     stats.duplicate_keys = _duplicates(stats)
+    _report_drift(client, name, stats.drift)
     if incremental and newest is not None:
         if stats.total != stats.first_total:
             # Records joined the result while we paged concurrently, shifting offsets under us:
@@ -290,24 +178,80 @@ def _extract(
             stats.cursor_end = newest
 
 
+def _report_drift(client: CRMClient, name: str, drift: Any) -> None:
+    """Say in the run log where the data did not fit its declaration (also in the metadata)."""
+    if drift.mistyped:
+        client.log.warning(
+            f"{name}: declared types the data does not fit, loaded as the data's own: "
+            + "; ".join(f"{column} {what}" for column, what in drift.mistyped.items())
+        )
+    if drift.variants:
+        client.log.warning(
+            f"{name}: values that fit no column type went to " + ", ".join(drift.variants)
+        )
+    if drift.undeclared or drift.never_sent:
+        client.log.info(
+            f"{name}: {len(drift.undeclared)} fields not declared, "
+            f"{len(drift.never_sent)} declared fields never sent (see the asset's metadata)"
+        )
+
+
+def _chain(first: pa.Table, rest: Iterator[pa.Table]) -> Iterator[pa.Table]:
+    yield first
+    yield from rest
+
+
+def _counted(
+    pages: Iterator[list[dict[str, Any]]], stats: ResourceStats
+) -> Iterator[list[dict[str, Any]]]:
+    for page in pages:
+        stats.pages += 1
+        stats.records += len(page)
+        yield page
+
+
+def _tables(
+    client: CRMClient,
+    name: str,
+    pages: Iterator[list[dict[str, Any]]],
+    builder: TableBuilder,
+    stats: ResourceStats,
+    primary_key: str | None,
+) -> Iterator[pa.Table]:
+    batch: list[dict[str, Any]] = []
+    last_report = time.monotonic()
+    for records in pages:
+        batch.extend(records)
+        if len(batch) >= BATCH_ROWS:
+            yield _to_table(stats, batch, builder, primary_key)
+            batch = []
+        if time.monotonic() - last_report >= PROGRESS_EVERY_S:
+            last_report = time.monotonic()
+            client.log.info(_progress(name, stats))
+    if batch:
+        yield _to_table(stats, batch, builder, primary_key)
+
+
 def _to_table(
     stats: ResourceStats,
     batch: list[dict[str, Any]],
-    columns: Mapping[str, Mapping[str, Any]],
+    builder: TableBuilder,
     primary_key: str | None,
 ) -> pa.Table:
-    table, variants = records_to_table(batch, columns)
-    for variant in variants:
-        if variant not in stats.variants:
-            stats.variants.append(variant)
-    if primary_key and primary_key in table.column_names:
-        keys = table[primary_key]
+    table = builder.build(batch)
+    key = builder.key_column
+    if primary_key and key is not None:
+        if key not in table.column_names:
+            # Not one record of the batch had the key field.
+            stats.null_keys += table.num_rows
+            return table.slice(0, 0)
+        keys = table[key]
         if keys.null_count:
-            # A record without its key cannot be merged; it is counted, reported by the
-            # primary-key check, and left out rather than failing the whole load.
+            # A record without its key cannot be merged: it is counted, left out of the load,
+            # and fails the run once everything else has loaded.
             stats.null_keys += keys.null_count
             table = table.filter(pc.is_valid(keys))
-            keys = table[primary_key]
+            keys = table[key]
         stats.key_chunks.extend(keys.chunks)
     return table
 
@@ -321,14 +265,20 @@ def _duplicates(stats: ResourceStats) -> int:
     return len(keys) - pc.count_distinct(keys).as_py()
 
 
-def _newest(table: pa.Table, incremental: Mapping[str, Any] | None, newest: Any) -> Any:
-    """The largest cursor value so far, as the ISO string the API's filter takes."""
-    if not incremental or incremental["cursor_path"] not in table.column_names:
+def _newest(
+    table: pa.Table, incremental: Mapping[str, Any] | None, builder: TableBuilder, newest: Any
+) -> Any:
+    """The largest cursor value so far, as the ISO string the API's filter takes. Only a
+    timestamp cursor can move: a cursor field of another type keeps every sync a full one."""
+    if not incremental:
         return newest
-    value = pc.max(table[incremental["cursor_path"]]).as_py()
+    column = builder.column_of(incremental["cursor_path"])
+    if column not in table.column_names or not pa.types.is_timestamp(table[column].type):
+        return newest
+    value = pc.max(table[column]).as_py()
     if value is None:
         return newest
-    text = value.isoformat().replace("+00:00", "Z") if hasattr(value, "isoformat") else str(value)
+    text = value.isoformat().replace("+00:00", "Z")
     return text if newest is None or _after(text, newest) else newest
 
 
@@ -341,18 +291,6 @@ def _progress(name: str, stats: ResourceStats) -> str:
     return f"{name}: {stats.pages:,} pages, {stats.records:,}{of_total} records fetched"
 
 
-def _load_hints(
-    columns: Mapping[str, Mapping[str, Any]], primary_key: str | None
-) -> dict[str, dict[str, Any]]:
-    """The declared columns as dlt hints, NOT NULL only on the key. A required field whose value
-    changes type loads as null plus a variant column (and is reported) instead of failing the
-    whole load on the constraint; nulls in required fields are a data-quality finding."""
-    return {
-        name: {**column, "nullable": column.get("nullable", True) or name != primary_key}
-        for name, column in columns.items()
-    }
-
-
 def crm_source(
     client: CRMClient | None = None,
     config: Mapping[str, Any] = CRM_API,
@@ -360,23 +298,38 @@ def crm_source(
 ) -> DltSource:
     """Build the dlt source for every resource in `config`.
 
-    With no client (as at import, where no secrets may be read) the resources exist, with their
-    names and columns, but raise if they are run. `full_refresh` ignores the incremental cursors:
-    every record is read again and merged.
+    An entry the fast path covers (the API contract's shape) is fetched by `client`; any other
+    entry dlt's REST config accepts is fetched by dlt's own `rest_api` machinery (see
+    rest_api_path.py). With no client (as at import, where no secrets may be read) the resources
+    exist, with their names, but raise if they are run. `full_refresh` ignores the incremental
+    cursors of the fast path: every record is read again and merged. Column types are not given
+    to dlt here: they come with the data (see conversion.py).
     """
+    defaults = config.get("resource_defaults", {})
+    specs = [{**defaults, **entry} for entry in config["resources"]]
+    via_dlt: dict[str, DltResource] = {}
     if client is not None:
         _quiet_expected_dlt_warnings()
-    defaults = config.get("resource_defaults", {})
+        _scrub_dlt_logs(client.connection.secrets)
+        everything = client_gap(config.get("client") or {})
+        general = [spec["name"] for spec in specs if everything or fast_path_gap(spec) is not None]
+        if general:
+            via_dlt = dlt_rest_resources(config, general, client.connection)
     resources: list[DltResource] = []
-    for entry in config["resources"]:
-        spec = {**defaults, **entry}
+    for spec in specs:
         name = spec["name"]
-        columns = spec.get("columns", {})
+        endpoint = spec["endpoint"] if isinstance(spec["endpoint"], Mapping) else {}
         data = (
             _placeholder(name)
             if client is None
             else _extract(
-                client, name, spec["endpoint"], columns, spec.get("primary_key"), full_refresh
+                client,
+                name,
+                endpoint,
+                spec.get("columns", {}),
+                spec.get("primary_key"),
+                full_refresh,
+                via_dlt.get(name),
             )
         )
         resources.append(
@@ -385,9 +338,16 @@ def crm_source(
                 name=name,
                 primary_key=spec.get("primary_key"),
                 write_disposition=spec.get("write_disposition", "append"),
-                columns=_load_hints(columns, spec.get("primary_key")),
                 references=spec.get("references"),
                 parallelized=True,
             )
         )
     return DltSource(Schema(SOURCE_NAME), SOURCE_NAME, resources)
+
+
+def _scrub_dlt_logs(secrets: tuple[str, ...]) -> None:
+    """One scrubber on dlt's logger, with this sync's secrets (see SecretScrubber)."""
+    dlt_logger = logging.getLogger("dlt")
+    for old in [f for f in dlt_logger.filters if isinstance(f, SecretScrubber)]:
+        dlt_logger.removeFilter(old)
+    dlt_logger.addFilter(SecretScrubber(secrets))

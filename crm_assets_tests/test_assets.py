@@ -12,11 +12,16 @@ from dagster import (
 import crm_assets
 from crm_assets.api import resource_names
 from crm_assets.assets import failure_summary
+from crm_assets.client import CRMAPIError, CRMError
 from crm_assets_tests.conftest import (
     ACCESS_KEY,
     API_KEY,
+    SMALL_COUNTS,
     Workspace,
     assert_same_records,
+    check_results,
+    every_profile,
+    materialized_metadata,
     sync_in_process,
 )
 from crm_simulator import CRMSimulator
@@ -26,6 +31,7 @@ def run_sync(selection: list[str] | None = None):
     return sync_in_process(selection)
 
 
+@every_profile
 def test_full_sync_loads_every_record_once_with_the_same_values(
     workspace: Workspace, simulator: CRMSimulator
 ) -> None:
@@ -44,6 +50,7 @@ def test_full_sync_loads_every_record_once_with_the_same_values(
     assert customers["pages_fetched"].value == 3  # 250 records at 100 a page
 
 
+@every_profile
 def test_second_sync_merges_without_duplicates(
     workspace: Workspace, simulator: CRMSimulator
 ) -> None:
@@ -57,6 +64,7 @@ def test_second_sync_merges_without_duplicates(
     assert all(rows[i]["updated_at"] is not None for i in changed)
 
 
+@every_profile
 def test_selecting_one_asset_requests_only_its_endpoint(
     workspace: Workspace, simulator: CRMSimulator
 ) -> None:
@@ -98,7 +106,7 @@ def test_wrong_api_key_fails_with_one_line_naming_resource_status_and_path(
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
     message = failure.step_failure_data.error.message
     assert "customers: HTTP 401" in message
-    assert "GET /v1/customers?updated_since=1970-01-01T00:00:00Z&startIndex=0&limit=100" in message
+    assert "GET /v1/customers?startIndex=0&limit=100" in message
     assert "wrong-key-123" not in message
 
 
@@ -112,7 +120,8 @@ def test_run_without_secrets_fails_naming_the_missing_variable(
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
     assert failure.step_failure_data.error.message.strip().endswith(
         "CRM_API_KEY is not set: export CRM_API_KEY where dagster dev, the daemon or the CLI "
-        "runs (README: Point it at your CRM)"
+        "runs, or put api_key under [sources.crm] in .dlt/secrets.toml (README: Point it at your "
+        "CRM)"
     )
     assert simulator.requests() == []
     assert not workspace.duckdb_path.exists() and not workspace.pipelines_dir.exists()
@@ -133,9 +142,10 @@ def test_schedule_run_request_executes(workspace: Workspace, simulator: CRMSimul
 
 
 def test_a_fix_shared_by_every_failure_is_said_once() -> None:
-    failures = [
-        f"{name}: HTTP 401 Unauthorized from GET /v1/{name}?startIndex=0&limit=100 "
-        "(check CRM_API_KEY)"
+    failures: list[CRMError] = [
+        CRMAPIError(
+            name, "HTTP 401 Unauthorized", f"/v1/{name}?startIndex=0&limit=100", "check CRM_API_KEY"
+        )
         for name in ("customers", "contacts")
     ]
     assert failure_summary(failures, 5) == (
@@ -143,5 +153,56 @@ def test_a_fix_shared_by_every_failure_is_said_once() -> None:
         "GET /v1/customers?startIndex=0&limit=100; contacts: HTTP 401 Unauthorized from GET "
         "/v1/contacts?startIndex=0&limit=100"
     )
-    mixed = [*failures[:1], "cases: HTTP 404 Not Found from GET /v1/cases"]
-    assert failure_summary(mixed, 5) == "2 of 5 CRM resources failed: " + "; ".join(mixed)
+    mixed = [failures[0], CRMAPIError("cases", "HTTP 404 Not Found", "/v1/cases")]
+    assert failure_summary(mixed, 5) == "2 of 5 CRM resources failed: " + "; ".join(
+        str(f) for f in mixed
+    )
+
+
+def test_a_key_that_changes_type_fails_in_one_line_and_rebuild_reloads(
+    workspace: Workspace, simulator: CRMSimulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert run_sync(["crm/customers", "crm/cases"]).success  # integer ids
+    before = workspace.count("customers")
+    # The same CRM, now sending its ids as strings.
+    with CRMSimulator(
+        SMALL_COUNTS, api_key=API_KEY, access_key=ACCESS_KEY, profile="crm"
+    ) as strings:
+        monkeypatch.setenv("CRM_BASE_URL", strings.base_url)
+        result = run_sync(["crm/customers", "crm/cases"])
+        assert not result.success
+        failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+        message = failure.step_failure_data.error.message
+        assert "customers: id is now text in the CRM" in message
+        assert "bigint in the warehouse" in message and "`rebuild: true`" in message
+        assert workspace.count("customers") == before  # nothing lost
+        rebuilt = sync_in_process(["crm/customers", "crm/cases"], rebuild=True)
+        assert rebuilt.success
+        assert_same_records(workspace, strings, "customers")
+        assert workspace.column_types("customers")["id"] == "VARCHAR"
+
+
+@pytest.mark.parametrize("profile", ["crm"])
+def test_a_crm_unlike_its_declaration_loads_whole_and_says_how_it_differs(
+    workspace: Workspace, simulator: CRMSimulator
+) -> None:
+    result = sync_in_process(checks=True)
+    assert result.success
+    for name in resource_names():
+        assert_same_records(workspace, simulator, name)
+    customers = workspace.column_types("customers")
+    assert customers["id"] == "VARCHAR"  # declared bigint; the CRM sends strings
+    assert customers["created_at"] == "TIMESTAMP WITH TIME ZONE"
+    assert customers["created_at_2"] == "BIGINT"  # createdAt, epoch milliseconds, kept too
+    assert "employee_count" not in customers  # declared, never sent: no empty column
+    assert customers["last_activity_date"] == "DATE"
+    assert workspace.column_types("opportunities")["amount"] == "DOUBLE"  # four decimals kept
+    metadata = materialized_metadata(result)["customers"]
+    assert metadata["declared_never_sent"].value == "employee_count"
+    assert metadata["type_mismatches"].value["id"] == "declared bigint, loaded as text"
+    assert "createdAt" in metadata["undeclared_fields"].value
+    assert metadata["renamed_fields"].value == {"createdAt": "created_at_2"}
+    columns = {c.name: c for c in metadata["dagster/column_schema"].value.columns}
+    assert columns["id"].type == "text"
+    assert columns["name"].description == "Company or person name."
+    assert check_results(result)["crm/customers:schema_drift"] == (False, "WARN")

@@ -35,21 +35,46 @@ def test_every_check_passes_on_good_data(workspace: Workspace, simulator: CRMSim
     assert {k for k, (passed, _) in results.items() if not passed} == set()
 
 
-def test_primary_key_fails_on_missing_and_duplicated_ids(
+def test_records_without_id_load_the_rest_and_fail_the_run(
     workspace: Workspace, simulator: CRMSimulator
 ) -> None:
-    simulator.set_field("customers", 10, "id", None)
-    simulator.set_field("customers", 12, "id", 11)
+    ids = [r["id"] for r in simulator.records("customers")]
+    simulator.set_field("customers", ids[9], "id", None)
+    simulator.set_field("customers", ids[11], "id", ids[10])
     result = sync_with_checks()
-    assert result.success  # the load goes on; the check says what was wrong
-    results = check_results(result)
-    assert results["crm/customers:primary_key"] == (False, "ERROR")
-    assert results["crm/contacts:primary_key"] == (True, "ERROR")
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    message = failure.step_failure_data.error.message
+    served = SMALL_COUNTS["customers"]
+    assert f"customers: 1 of {served} records have no id; loaded {served - 1}" in message
+    # Everything else landed: the other resources whole, customers but the record without id
+    # (and the id served twice, merged into one row).
     rows = workspace.rows("customers")
-    assert len(rows) == SMALL_COUNTS["customers"] - 2  # one without id, one merged into id 11
+    assert len(rows) == served - 2
+    assert all(workspace.count(n) == simulator.count(n) for n in ("contacts", "leads"))
     customers = materialized_metadata(result)["customers"]
     assert customers["records_without_id"].value == 1
     assert customers["duplicate_ids"].value == 1
+    # The checks of the next check run say it too, as a failed ERROR check.
+    job = crm_assets.defs.resolve_job_def("crm_checks")
+    checked = job.execute_in_process(instance=DagsterInstance.get(), raise_on_error=False)
+    assert not checked.success  # the check blocks
+    later = check_results(checked)
+    assert later["crm/customers:primary_key"] == (False, "ERROR")
+    assert later["crm/contacts:primary_key"] == (True, "ERROR")
+
+
+def test_primary_key_check_blocks_on_ids_served_twice(
+    workspace: Workspace, simulator: CRMSimulator
+) -> None:
+    ids = [r["id"] for r in simulator.records("contacts")]
+    simulator.set_field("contacts", ids[5], "id", ids[4])
+    result = sync_with_checks()
+    assert not result.success  # a blocking ERROR check that fails fails the run
+    assert check_results(result)["crm/contacts:primary_key"] == (False, "ERROR")
+    assert workspace.count("contacts") == simulator.count("contacts") - 1
+    spec = next(s for s in crm_assets.defs.asset_checks[0].check_specs if s.name == "primary_key")
+    assert spec.blocking
 
 
 def test_row_count_warns_on_an_empty_resource(
@@ -80,15 +105,18 @@ def test_references_warn_on_dangling_ids(workspace: Workspace, simulator: CRMSim
 def test_schema_drift_warns_when_columns_change(
     workspace: Workspace, simulator: CRMSimulator
 ) -> None:
+    # The bundled declaration describes the bundled simulator: nothing to report.
     assert check_results(sync_with_checks(["crm/customers"]))["crm/customers:schema_drift"][0]
-    simulator.set_field("customers", 1, "loyalty_tier", "gold")
-    simulator.update_records("customers", 1)  # an incremental sync must see the new field
-    simulator.set_field("customers", 1, "updated_at", "2031-01-01T00:00:00Z")
+    first = simulator.records("customers")[0]["id"]
+    simulator.set_field("customers", first, "loyalty_tier", "gold")
+    simulator.set_field("customers", first, "updated_at", "2031-01-01T00:00:00Z")
     result = sync_with_checks(["crm/customers"])
     assert check_results(result)["crm/customers:schema_drift"] == (False, "WARN")
     assert "loyalty_tier" in workspace.column_types("customers")
-    # Unchanged columns on the next sync: the drift is acknowledged.
-    assert check_results(sync_with_checks(["crm/customers"]))["crm/customers:schema_drift"][0]
+    assert materialized_metadata(result)["customers"]["undeclared_fields"].value == "loyalty_tier"
+    # It stays reported while the declaration does not name the field.
+    again = sync_with_checks(["crm/customers"])
+    assert check_results(again)["crm/customers:schema_drift"] == (False, "WARN")
 
 
 def test_freshness_fails_before_any_sync_and_passes_after(

@@ -10,6 +10,7 @@ from crm_assets_tests.conftest import (
     Workspace,
     assert_same_records,
     clean_env,
+    every_profile,
     materialize_cli,
 )
 from crm_simulator import CRMSimulator
@@ -26,12 +27,14 @@ def test_materialize_one_asset_from_the_cli(workspace: Workspace, simulator: CRM
     assert API_KEY not in output and ACCESS_KEY not in output
 
 
+@every_profile
 def test_materialize_all_from_the_cli_twice(workspace: Workspace, simulator: CRMSimulator) -> None:
     for _ in range(2):
         done = materialize_cli("*", env=clean_env(**workspace.env))
         assert done.returncode == 0, done.stderr[-3000:]
         for name in ("customers", "contacts", "cases", "leads", "opportunities"):
             assert workspace.count(name) == simulator.count(name)
+            assert_same_records(workspace, simulator, name)
 
 
 def test_cli_without_secrets_names_the_missing_variable(

@@ -9,7 +9,6 @@ so nothing is written into the repository and a `.dlt/` there cannot take part.
 from __future__ import annotations
 
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from crm_assets_tests.conftest import (
     Workspace,
     assert_same_records,
     clean_env,
+    venv_cli,
 )
 from crm_assets_tests.fault_support import leak_report
 from crm_simulator import CRMSimulator
@@ -222,15 +222,7 @@ def test_a_key_that_is_not_a_string_is_named_without_its_value(project: Project)
 def dagster_in(cwd: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     """The real `dagster` CLI of this environment, started in `cwd` (the package is installed,
     so `-m crm_assets` loads from anywhere)."""
-    return subprocess.run(
-        [str(Path(sys.executable).with_name("dagster")), *args],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    return venv_cli("dagster", *args, env=env, cwd=cwd)
 
 
 def test_cli_takes_the_crm_settings_from_the_dlt_folder_of_its_working_directory(

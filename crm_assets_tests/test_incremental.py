@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import shutil
+from datetime import UTC, datetime
 
 from crm_assets.api import resource_names
 from crm_assets_tests.conftest import (
+    ACCESS_KEY,
+    API_KEY,
+    SMALL_COUNTS,
     Workspace,
     assert_same_records,
+    every_profile,
     materialized_metadata,
     sync_in_process,
 )
@@ -22,22 +27,33 @@ def pages_requested(simulator: CRMSimulator, resource: str) -> list[dict[str, st
     return [r.params for r in simulator.requests(resource) if r.status == 200]
 
 
+def instant(value: str) -> datetime:
+    parsed = datetime.fromisoformat(value)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+@every_profile
 def test_changed_records_fetch_only_their_pages(
     workspace: Workspace, simulator: CRMSimulator
 ) -> None:
     assert sync().success
-    assert len(pages_requested(simulator, "contacts")) == 5  # 431 records, 100 a page
+    first = pages_requested(simulator, "contacts")
+    assert len(first) == 5  # 431 records, 100 a page
+    # The first sync has no cursor: it asks for everything, with no filter at all.
+    assert not any("updated_since" in r for r in first)
     simulator.reset_requests()
-    cursor = max(r["updated_at"] for r in simulator.records("contacts"))
+    cursor = max(instant(r["updated_at"]) for r in simulator.records("contacts"))
 
     changed = simulator.update_records("contacts", 7)
     # The API's filter is inclusive (>=), so records stamped exactly at the cursor come again.
-    expected = {r["id"] for r in simulator.records("contacts") if r["updated_at"] >= cursor}
+    expected = {
+        r["id"] for r in simulator.records("contacts") if instant(r["updated_at"]) >= cursor
+    }
     result = sync()
     assert result.success
     requests = pages_requested(simulator, "contacts")
     assert len(requests) == 1, requests  # 7 changed records fit on one page
-    assert requests[0]["updated_since"] != "1970-01-01T00:00:00Z"
+    assert instant(requests[0]["updated_since"]) == cursor
     assert workspace.count("contacts") == simulator.count("contacts")
     assert_same_records(workspace, simulator, "contacts")
     contacts = materialized_metadata(result)["contacts"]
@@ -63,7 +79,7 @@ def test_full_refresh_reads_everything_again(workspace: Workspace, simulator: CR
     assert sync(["crm/customers"], full_refresh=True).success
     requests = pages_requested(simulator, "customers")
     assert len(requests) == 3
-    assert {r["updated_since"] for r in requests} == {"1970-01-01T00:00:00Z"}
+    assert not any("updated_since" in r for r in requests)
     assert workspace.count("customers") == simulator.count("customers")
 
 
@@ -79,6 +95,7 @@ def test_resource_without_cursor_syncs_in_full(
     assert_same_records(workspace, simulator, "cases")
 
 
+@every_profile
 def test_failed_sync_keeps_the_cursor(
     workspace: Workspace, simulator: CRMSimulator, monkeypatch
 ) -> None:
@@ -96,3 +113,33 @@ def test_failed_sync_keeps_the_cursor(
     assert changed <= set(rows)
     assert_same_records(workspace, simulator, "opportunities")
     assert all(workspace.count(n) == simulator.count(n) for n in resource_names())
+
+
+def test_a_crm_that_refuses_the_filter_is_read_in_full_and_exactly(
+    workspace: Workspace, monkeypatch
+) -> None:
+    # A CRM that knows no "changed since" filter and answers 400 to parameters it does not know.
+    with CRMSimulator(
+        SMALL_COUNTS,
+        api_key=API_KEY,
+        access_key=ACCESS_KEY,
+        profile="crm",
+        strict_params=True,
+        filter_param=None,
+    ) as strict:
+        monkeypatch.setenv("CRM_BASE_URL", strict.base_url)
+        first = sync()
+        assert first.success  # the first sync sends no filter at all
+        strict.update_records("contacts", 5)
+        strict.insert_records("leads", 3)
+        strict.reset_requests()
+        second = sync()
+        assert second.success
+        refused = [r for r in strict.requests() if r.status == 400]
+        assert {r.params.get("updated_since") is not None for r in refused} == {True}
+        assert len(refused) == 4  # once per paged resource, then never again in that run
+        for name in resource_names():
+            assert_same_records(workspace, strict, name)
+        metadata = materialized_metadata(second)
+        assert metadata["contacts"]["filter_refused"].value == "updated_since"
+        assert "filter_refused" not in metadata["cases"]

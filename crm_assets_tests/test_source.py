@@ -7,12 +7,11 @@ import logging
 from pathlib import Path
 
 import dlt
-import pyarrow as pa
 import pytest
 
-from crm_assets.api import CRM_API, CRM_COLUMNS, resource_names
+from crm_assets.api import CRM_API, resource_names
 from crm_assets.client import CRMClient, CRMConnection
-from crm_assets.source import crm_source, records_to_table
+from crm_assets.source import crm_source
 from crm_assets_tests.conftest import ACCESS_KEY, API_KEY, Workspace, assert_same_records
 from crm_simulator import CRMSimulator
 
@@ -48,41 +47,6 @@ def test_source_loads_every_record_with_declared_types(
     assert types["probability"] == "BIGINT"
 
 
-def test_records_to_table_keeps_undeclared_fields_and_splits_misfits() -> None:
-    columns = CRM_COLUMNS["customers"]
-    records = [
-        {
-            "id": 1,
-            "name": "Zoë",
-            "is_active": True,
-            "annual_revenue": 10.5,
-            "created_at": "2024-01-01T00:00:00Z",
-            "updated_at": "2024-01-02T00:00:00Z",
-            "address": {"city": "Kraków"},
-            "tags": ["a"],
-            "loyalty": {"tier": "gold"},
-        },
-        {
-            "id": 2,
-            "name": "Ann",
-            "is_active": False,
-            "annual_revenue": "n/a",
-            "created_at": "2024-01-01T00:00:00Z",
-            "updated_at": "2024-01-02T00:00:00Z",
-            "tags": [],
-            "nickname": "A",
-        },
-    ]
-    table, variants = records_to_table(records, columns)
-    assert variants == ["annual_revenue__v_text"]
-    assert table["annual_revenue"].to_pylist()[1] is None
-    assert table["annual_revenue__v_text"].to_pylist() == [None, "n/a"]
-    assert table.schema.field("created_at").type == pa.timestamp("us", tz="UTC")
-    assert table["loyalty"].to_pylist() == ['{"tier":"gold"}', None]
-    assert table["nickname"].to_pylist() == [None, "A"]
-    assert table["address"].to_pylist() == ['{"city":"Kraków"}', None]
-
-
 def test_one_page_endpoint_that_has_more_says_so(
     tmp_path: Path, simulator: CRMSimulator, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -97,17 +61,3 @@ def test_one_page_endpoint_that_has_more_says_so(
         info, _ = run_source(simulator, tmp_path, config, logging.getLogger("crm_assets"))
     assert not info.has_failed_jobs
     assert "notes: GET /v1/notes returned 100 of 250 records on its one page" in caplog.text
-
-
-def test_a_fraction_in_an_integer_column_is_not_truncated() -> None:
-    base = {
-        "name": "a",
-        "is_active": True,
-        "created_at": "2024-01-01T00:00:00Z",
-        "updated_at": "2024-01-01T00:00:00Z",
-    }
-    records = [{**base, "id": 1, "employee_count": 1.5}, {**base, "id": 2, "employee_count": 3.0}]
-    table, variants = records_to_table(records, CRM_COLUMNS["customers"])
-    assert variants == ["employee_count__v_text"]
-    assert table["employee_count"].to_pylist() == [None, 3]
-    assert table["employee_count__v_text"].to_pylist() == ["1.5", None]

@@ -1,0 +1,172 @@
+"""Layer 1: how API records become typed Arrow tables; the data decides, the declaration refines."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any
+
+import pyarrow as pa
+import pytest
+from dlt.common.schema import Schema
+
+from crm_assets.api import CRM_COLUMNS
+from crm_assets.conversion import KeyTypeChanged, TableBuilder
+
+NORMALIZE = Schema("crm").naming.normalize_path
+
+
+def builder(
+    declared: dict[str, Any] | None = None,
+    existing: dict[str, Any] | None = None,
+    renames: dict[str, str] | None = None,
+) -> TableBuilder:
+    return TableBuilder("things", declared or {}, "id", NORMALIZE, existing, renames)
+
+
+def column(table: pa.Table, name: str) -> list[Any]:
+    return table[name].to_pylist()
+
+
+def test_declared_types_apply_where_the_values_convert_without_loss() -> None:
+    b = builder(
+        {
+            "id": {"data_type": "bigint", "primary_key": True, "nullable": False},
+            "phone": {"data_type": "text"},
+            "amount": {"data_type": "decimal", "precision": 18, "scale": 2},
+            "seen_at": {"data_type": "timestamp", "timezone": True},
+        }
+    )
+    table = b.build(
+        [
+            {"id": 1, "phone": 4915112345678, "amount": "12.50", "seen_at": "2024-01-01T10:00:00Z"},
+            {"id": 2, "phone": "+49 151", "amount": 3, "seen_at": "2024-01-01T12:00:00+02:00"},
+        ]
+    )
+    assert column(table, "phone") == ["4915112345678", "+49 151"]
+    assert column(table, "amount") == [Decimal("12.50"), Decimal("3.00")]
+    assert column(table, "seen_at") == [datetime(2024, 1, 1, 10, tzinfo=UTC)] * 2
+    assert table.schema.field("amount").type == pa.decimal128(18, 2)
+    assert b.drift().count == 0
+
+
+def test_a_declaration_the_data_does_not_fit_gives_way_to_the_data() -> None:
+    b = builder(
+        {
+            "id": {"data_type": "bigint"},
+            "amount": {"data_type": "decimal", "precision": 18, "scale": 2},
+            "never": {"data_type": "text"},
+        }
+    )
+    table = b.build([{"id": "CUS-001", "amount": 1234.5678}, {"id": "000123", "amount": 1.5}])
+    assert column(table, "id") == ["CUS-001", "000123"]  # leading zeros kept: text, not 123
+    assert column(table, "amount") == [1234.5678, 1.5]
+    assert table.schema.field("amount").type == pa.float64()
+    drift = b.drift()
+    assert drift.mistyped == {
+        "id": "declared bigint, loaded as text",
+        "amount": "declared decimal(18,2), loaded as double",
+    }
+    assert drift.never_sent == ["never"]
+    assert "never" not in table.column_names  # no all-null column for a field never sent
+
+
+def test_undeclared_fields_are_typed_from_their_values() -> None:
+    b = builder({"id": {"data_type": "bigint"}})
+    table = b.build(
+        [
+            {
+                "id": 1,
+                "count": 3,
+                "ratio": 0.5,
+                "flag": True,
+                "modifiedAt": "2024-03-01T10:00:00.123456+02:00",
+                "naive": "2024-03-01 10:00:00",
+                "day": "2024-03-01",
+                "owner": {"name": "Zoë", "tags": ["a"]},
+                "labels": ["x", "y"],
+                "code": "A1",
+                "empty": None,
+            },
+            {
+                "id": 2,
+                "count": 4,
+                "ratio": 2,
+                "flag": False,
+                "modifiedAt": "2024-03-02T10:00:00Z",
+                "naive": None,
+                "day": "2024-03-02",
+                "owner": None,
+                "labels": [],
+                "code": "B2",
+            },
+        ]
+    )
+    types = {f.name: f.type for f in table.schema}
+    assert types["count"] == pa.int64()
+    assert types["ratio"] == pa.float64()
+    assert types["flag"] == pa.bool_()
+    assert types["modified_at"] == pa.timestamp("us", tz="UTC")
+    assert types["naive"] == pa.timestamp("us", tz="UTC")
+    assert types["day"] == pa.date32()
+    assert column(table, "modified_at")[0] == datetime(2024, 3, 1, 8, 0, 0, 123456, tzinfo=UTC)
+    assert column(table, "naive")[0] == datetime(2024, 3, 1, 10, tzinfo=UTC)
+    assert column(table, "day") == [date(2024, 3, 1), date(2024, 3, 2)]
+    assert column(table, "owner") == ['{"name":"Zoë","tags":["a"]}', None]
+    assert column(table, "labels") == ['["x","y"]', "[]"]
+    assert column(table, "ratio") == [0.5, 2.0]
+    assert "empty" not in table.column_names
+    hints = b.take_new_hints()
+    assert hints["owner"]["data_type"] == "json" and hints["labels"]["data_type"] == "json"
+    # A field that only ever held null has no column yet, and so no drift to report.
+    assert b.drift().undeclared == [
+        "count", "ratio", "flag", "modifiedAt", "naive", "day", "owner", "labels", "code"
+    ]  # fmt: skip
+
+
+def test_values_that_do_not_fit_their_column_go_to_variants_not_truncated() -> None:
+    b = builder({"id": {"data_type": "bigint"}, "employees": {"data_type": "bigint"}})
+    b.build([{"id": i, "employees": i, "score": i} for i in range(1, 4)])
+    table = b.build(
+        [
+            {"id": 4, "employees": 1.5, "score": "n/a"},
+            {"id": 5, "employees": 3.0, "score": 7},
+            {"id": 6, "employees": True, "score": None},
+        ]
+    )
+    assert column(table, "employees") == [None, 3, None]
+    assert column(table, "employees__v_double") == [1.5, None, None]
+    assert column(table, "employees__v_bool") == [None, None, True]
+    assert column(table, "score") == [None, 7, None]
+    assert column(table, "score__v_text") == ["n/a", None, None]
+    assert b.drift().variants == ["employees__v_double", "employees__v_bool", "score__v_text"]
+
+
+def test_two_fields_with_one_normalised_name_both_load() -> None:
+    b = builder({"id": {"data_type": "bigint"}, "created_at": {"data_type": "timestamp"}})
+    records = [
+        {"id": 1, "createdAt": "1700000000", "created_at": "2024-01-01T00:00:00Z"},
+        {"id": 2, "createdAt": "1700000001", "created_at": "2024-01-02T00:00:00Z"},
+    ]
+    table = b.build(records)
+    assert column(table, "created_at_2") == ["1700000000", "1700000001"]
+    assert column(table, "created_at")[0] == datetime(2024, 1, 1, tzinfo=UTC)
+    assert b.renamed == {"createdAt": "created_at_2"}
+    assert b.drift().undeclared == ["createdAt"]
+    # The next sync keeps the same column for the same field, whatever order fields come in.
+    again = builder(b.declared, renames=b.renamed).build([dict(reversed(records[0].items()))])
+    assert column(again, "created_at_2") == ["1700000000"]
+
+
+def test_a_column_keeps_the_type_the_warehouse_has() -> None:
+    existing = {"id": {"data_type": "text"}, "amount": {"data_type": "double"}}
+    b = builder(CRM_COLUMNS["opportunities"], existing=existing)
+    table = b.build([{"id": 7, "amount": 10}])
+    assert column(table, "id") == ["7"]
+    assert column(table, "amount") == [10.0]
+
+
+def test_a_key_whose_type_changed_since_the_last_sync_fails_in_one_line() -> None:
+    b = builder({"id": {"data_type": "bigint"}}, existing={"id": {"data_type": "bigint"}})
+    with pytest.raises(KeyTypeChanged, match=r"things: id is now text in the CRM .* bigint"):
+        b.build([{"id": "CUS-1"}])
