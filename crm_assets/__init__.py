@@ -18,7 +18,7 @@ from crm_assets.automation import (
 )
 from crm_assets.checks import build_crm_checks
 from crm_assets.executors import crm_executor
-from crm_assets.resources import CRMCredentials, CRMWarehouse
+from crm_assets.resources import CRMCredentials, CRMRequestSettings, CRMWarehouse
 
 
 def build_definitions(api_config: Mapping[str, Any] = CRM_API) -> Definitions:
@@ -29,7 +29,7 @@ def build_definitions(api_config: Mapping[str, Any] = CRM_API) -> Definitions:
     freshness = freshness_policy(cron)
     return Definitions(
         assets=[build_crm_assets(freshness=freshness, api_config=api_config)],
-        asset_checks=[build_crm_checks(api_config, freshness=freshness)],
+        asset_checks=build_crm_checks(api_config),
         jobs=[crm_sync_job, crm_checks_job],
         schedules=[crm_sync_schedule(cron), crm_checks_schedule],
         executor=crm_executor(),  # CRM_EXECUTOR; in-process unless told otherwise
@@ -39,6 +39,8 @@ def build_definitions(api_config: Mapping[str, Any] = CRM_API) -> Definitions:
             # run starts, so a missing one fails that run in one line (see CRMCredentials).
             "crm_credentials": CRMCredentials(),
             "crm_warehouse": CRMWarehouse(),
+            # Retries, timeouts and concurrency: fields shown in the UI, defaulting from CRM_*.
+            "crm_requests": CRMRequestSettings(),
         },
     )
 

@@ -5,8 +5,6 @@ the real source from the `CRMCredentials` resource and hands it to `DagsterDltRe
 """
 
 import gc
-import json
-import os
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -36,30 +34,14 @@ from pydantic import Field
 
 from crm_assets.api import CRM_API
 from crm_assets.automation import CRM_GROUP
-from crm_assets.client import (
-    CRMAPIError,
-    CRMClient,
-    CRMConfigError,
-    CRMError,
-    RequestPolicy,
-    ResourceStats,
-)
-from crm_assets.resources import CRMCredentials, CRMWarehouse
-from crm_assets.source import crm_source
+from crm_assets.errors import CRMAPIError, CRMConfigError, CRMError
+from crm_assets.resources import CRMCredentials, CRMRequestSettings, CRMWarehouse
+from crm_assets.source import ResourceStats, crm_source
 from crm_assets.sync_lock import exclusive_sync
+from crm_assets.transport import CRMTransport
 
 KEY_PREFIX = "crm"
 LOADER_FILE_FORMAT = "parquet"  # flat memory and fast DuckDB loads (see the README)
-# DuckDB's buffer pool may take 80% of RAM by default, so the merge made a run's RSS grow with
-# the record count (1.3 GB at 2,000,000 records); capped, DuckDB spills to its temp folder
-# instead (0.68 GB, same load time). Applied only where the user has not configured DuckDB.
-DUCKDB_CONFIG_ENV = "DESTINATION__DUCKDB__CREDENTIALS__GLOBAL_CONFIG"
-DUCKDB_GLOBAL_CONFIG = {"memory_limit": "256MB", "preserve_insertion_order": False, "threads": 1}
-
-
-def bound_duckdb_memory() -> None:
-    """Give dlt's DuckDB connections a memory cap unless the user configured their own."""
-    os.environ.setdefault(DUCKDB_CONFIG_ENV, json.dumps(DUCKDB_GLOBAL_CONFIG))
 
 
 @contextmanager
@@ -266,24 +248,28 @@ def build_crm_assets(
         dlt: DagsterDltResource,
         crm_credentials: CRMCredentials,
         crm_warehouse: CRMWarehouse,
+        crm_requests: CRMRequestSettings,
     ) -> Iterator[MaterializeResult]:
         # Settings first: a missing or wrong one fails the run in one line, before any request,
         # lock or file.
         try:
             connection = crm_credentials.connection(api_config.get("client"))
+            policy = crm_requests.policy()
         except CRMConfigError as exc:
             raise Failure(description=str(exc), allow_retries=False) from None
         # One sync at a time per pipeline folder and per DuckDB file, whatever the instance's
         # pool settings: concurrent dlt runs corrupt each other's state (see exclusive_sync).
         with exclusive_sync(crm_warehouse, context.log):
             started = time.monotonic()
-            bound_duckdb_memory()
             pipeline = crm_warehouse.pipeline()
             with (
                 fewer_gc_passes(),
-                CRMClient(connection, RequestPolicy.from_env(), log=context.log) as client,
+                CRMTransport(connection, policy, log=context.log) as transport,
             ):
-                source = crm_source(client, api_config, full_refresh=config.full_refresh)
+                stats_of: dict[str, ResourceStats] = {}
+                source = crm_source(
+                    transport, api_config, full_refresh=config.full_refresh, stats=stats_of
+                )
                 results = list(
                     dlt.run(
                         context=context,
@@ -303,7 +289,7 @@ def build_crm_assets(
             for result in results:
                 key = result.asset_key
                 name = key.path[-1] if key else ""
-                stats = client.stats.get(name, ResourceStats())
+                stats = stats_of.get(name, ResourceStats())
                 if stats.failure:
                     failures.append(stats.failure)
                     continue

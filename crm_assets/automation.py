@@ -27,11 +27,12 @@ crm_sync_job = define_asset_job(
 crm_checks_job = define_asset_job(
     name="crm_checks",
     selection=AssetSelection.all_asset_checks(),
-    description="Run the CRM data-quality and freshness checks without syncing.",
+    description="Run the CRM data-quality checks without syncing.",
 )
 
-# Between syncs the checks still run, so a sync that did not happen shows as a failing freshness
-# check within the hour, next to the freshness policy the daemon evaluates.
+# Between syncs the checks still run on what the last sync left: the warehouse and the latest
+# materialization's metadata. A sync that did not happen shows in the assets' freshness, which
+# the daemon evaluates from their FreshnessPolicy.
 crm_checks_schedule = ScheduleDefinition(
     name="crm_checks_schedule",
     job=crm_checks_job,

@@ -5,7 +5,6 @@ on DuckDB and PostgreSQL alike, and, for what the warehouse cannot show (records
 without an id are left out of the load), the metadata of the asset's latest materialization.
 """
 
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -18,7 +17,8 @@ from dagster import (
     AssetCheckSpec,
     AssetKey,
     AssetRecordsFilter,
-    FreshnessPolicy,
+    build_column_schema_change_checks,
+    build_metadata_bounds_checks,
     multi_asset_check,
 )
 from dlt.destinations.exceptions import DatabaseTerminalException, DatabaseUndefinedRelation
@@ -29,13 +29,11 @@ from crm_assets.resources import CRMWarehouse
 from crm_assets.sync_lock import exclusive_sync
 
 PRIMARY_KEY = "primary_key"
-ROW_COUNT = "row_count"
 REFERENCES = "references"
 SCHEMA_DRIFT = "schema_drift"
-FRESHNESS = "freshness"
 
 
-def _specs(api_config: Mapping[str, Any], freshness: bool) -> list[AssetCheckSpec]:
+def _specs(api_config: Mapping[str, Any]) -> list[AssetCheckSpec]:
     specs: list[AssetCheckSpec] = []
     for resource in api_config["resources"]:
         key = asset_key(resource["name"])
@@ -47,25 +45,13 @@ def _specs(api_config: Mapping[str, Any], freshness: bool) -> list[AssetCheckSpe
                 "blocking).",
                 blocking=True,
             ),
-            AssetCheckSpec(ROW_COUNT, asset=key, description="The table is not empty (WARN)."),
             AssetCheckSpec(
                 SCHEMA_DRIFT,
                 asset=key,
-                description="The data matches its declaration (no declared field missing, no "
-                "undeclared field, every declared type fits) and the columns are the same as "
-                "after the previous sync (WARN).",
+                description="The data matches its declaration: no declared field missing, no "
+                "undeclared field, every declared type fits (WARN).",
             ),
         ]
-        if freshness:
-            specs.append(
-                AssetCheckSpec(
-                    FRESHNESS,
-                    asset=key,
-                    description="The last sync is "
-                    "within the freshness policy's windows (WARN late, "
-                    "ERROR past the fail window).",
-                )
-            )
         if resource.get("references"):
             specs.append(
                 AssetCheckSpec(
@@ -165,19 +151,6 @@ def _primary_key(
     )
 
 
-def _row_count(db: _Warehouse, key: AssetKey, table: str) -> AssetCheckResult:
-    rows = db.query(f"SELECT count(*) FROM {db.table(table)}")
-    count = int(rows[0][0]) if rows else 0
-    return AssetCheckResult(
-        asset_key=key,
-        check_name=ROW_COUNT,
-        passed=count > 0,
-        severity=AssetCheckSeverity.WARN,
-        metadata={"rows": count},
-        description=None if count else f"{table} is empty (or was never loaded)",
-    )
-
-
 def _references(
     db: _Warehouse, key: AssetKey, table: str, references: Sequence[Mapping[str, Any]]
 ) -> AssetCheckResult:
@@ -211,15 +184,10 @@ def _references(
     )
 
 
-def _columns(metadata: Mapping[str, Any]) -> set[str]:
-    schema = _value(metadata, "dagster/column_schema", None)
-    return {c.name for c in schema.columns} if schema is not None else set()
-
-
 def _schema_drift(
     context: AssetCheckExecutionContext, key: AssetKey, table: str
 ) -> AssetCheckResult:
-    latest = _latest_metadata(context, key, limit=2)
+    latest = _latest_metadata(context, key)
     now = latest[0] if latest else {}
     findings: list[str] = []
     never_sent = _value(now, "declared_never_sent", "-")
@@ -234,16 +202,6 @@ def _schema_drift(
         findings.append("types: " + ", ".join(f"{c} {d}" for c, d in mistyped.items()))
     if variants != "-":
         findings.append(f"values that fit no column type went to {variants}")
-    added: list[str] = []
-    removed: list[str] = []
-    if len(latest) >= 2:
-        columns, before = _columns(latest[0]), _columns(latest[1])
-        added, removed = sorted(columns - before), sorted(before - columns)
-        if added or removed:
-            findings.append(
-                f"columns changed since the previous sync: added {added or 'none'}, "
-                f"removed {removed or 'none'}"
-            )
     return AssetCheckResult(
         asset_key=key,
         check_name=SCHEMA_DRIFT,
@@ -254,59 +212,22 @@ def _schema_drift(
             "undeclared_fields": undeclared,
             "type_mismatches": ", ".join(f"{c}: {d}" for c, d in mistyped.items()) or "-",
             "variant_columns": variants,
-            "added_columns": ", ".join(added) or "-",
-            "removed_columns": ", ".join(removed) or "-",
-            "columns": len(_columns(now)),
         },
         description=f"{table}: " + "; ".join(findings) if findings else None,
     )
 
 
-def _freshness(
-    context: AssetCheckExecutionContext, key: AssetKey, policy: FreshnessPolicy
-) -> AssetCheckResult:
-    """Age of the last sync against the policy the daemon also evaluates; the check records it
-    on every sync and on the hourly check run, where the UI's check history shows it."""
-    warn = policy.warn_window.to_timedelta() if policy.warn_window else None
-    fail = policy.fail_window.to_timedelta()
-    records = context.instance.fetch_materializations(
-        AssetRecordsFilter(asset_key=key), limit=1
-    ).records
-    if not records:
-        return AssetCheckResult(
-            asset_key=key,
-            check_name=FRESHNESS,
-            passed=False,
-            severity=AssetCheckSeverity.WARN,
-            description=f"{key.to_user_string()} has never been synced",
-        )
-    age_s = time.time() - records[0].timestamp
-    late = warn is not None and age_s > warn.total_seconds()
-    stale = age_s > fail.total_seconds()
-    metadata: dict[str, float] = {"age_s": round(age_s, 1), "fail_window_s": fail.total_seconds()}
-    if warn is not None:
-        metadata["warn_window_s"] = warn.total_seconds()
-    return AssetCheckResult(
-        asset_key=key,
-        check_name=FRESHNESS,
-        passed=not (late or stale),
-        severity=AssetCheckSeverity.ERROR if stale else AssetCheckSeverity.WARN,
-        metadata=metadata,
-        description=None
-        if not (late or stale)
-        else f"last synced {age_s / 3600:.1f} h ago, past the {'fail' if stale else 'warn'} window",
-    )
-
-
-def build_crm_checks(
-    api_config: Mapping[str, Any] = CRM_API, freshness: FreshnessPolicy | None = None
-) -> AssetChecksDefinition:
-    """One multi-check over every resource in `api_config`; any subset can run on its own."""
+def build_crm_checks(api_config: Mapping[str, Any] = CRM_API) -> list[AssetChecksDefinition]:
+    """Every check of every resource in `api_config`: Dagster's own builders where one fits
+    (a table that is not empty, columns unchanged since the previous sync), and one multi-check,
+    subsettable, for what only the warehouse and the declaration can tell. Freshness is the
+    assets' FreshnessPolicy, which the daemon evaluates."""
+    keys = [asset_key(r["name"]) for r in api_config["resources"]]
     resources = {r["name"]: r for r in api_config["resources"]}
     pk = api_config.get("resource_defaults", {}).get("primary_key", "id")
 
     @multi_asset_check(
-        specs=_specs(api_config, freshness is not None),
+        specs=_specs(api_config),
         can_subset=True,
         name="crm_quality_checks",
         description="Data-quality checks of the CRM tables.",
@@ -333,14 +254,19 @@ def build_crm_checks(
         table = key.path[-1]
         if name == PRIMARY_KEY:
             return _primary_key(db, context, key, table, resources[table].get("primary_key", pk))
-        if name == ROW_COUNT:
-            return _row_count(db, key, table)
         if name == REFERENCES:
             return _references(db, key, table, resources[table]["references"])
         if name == SCHEMA_DRIFT:
             return _schema_drift(context, key, table)
-        if name == FRESHNESS and freshness is not None:
-            return _freshness(context, key, freshness)
         return None
 
-    return crm_quality_checks
+    return [
+        crm_quality_checks,
+        *build_metadata_bounds_checks(
+            assets=keys,
+            metadata_key="dagster/row_count",
+            min_value=1,
+            severity=AssetCheckSeverity.WARN,
+        ),
+        *build_column_schema_change_checks(assets=keys, severity=AssetCheckSeverity.WARN),
+    ]

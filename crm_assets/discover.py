@@ -22,9 +22,11 @@ import yaml
 from dlt.common.schema import Schema
 
 from crm_assets.api import DECLARATION_PATH, SEED_API, load_declaration
-from crm_assets.client import CRMAPIError, CRMClient, CRMError, RequestPolicy
 from crm_assets.conversion import TableBuilder
-from crm_assets.resources import CRMCredentials
+from crm_assets.errors import CRMAPIError, CRMError
+from crm_assets.paging import iter_pages
+from crm_assets.resources import CRMCredentials, CRMRequestSettings
+from crm_assets.transport import CRMTransport
 
 DEFAULT_SAMPLE_PAGES = 5
 # Names CRMs give the field that says when a record last changed, and the query parameters they
@@ -67,14 +69,16 @@ def _reference_target(field: str, resources: Sequence[str]) -> str | None:
     return None
 
 
-def _total(client: CRMClient, name: str, endpoint: Mapping[str, Any], params: dict) -> int | None:
+def _total(
+    transport: CRMTransport, name: str, endpoint: Mapping[str, Any], params: dict
+) -> int | None:
     """How many records the CRM reports (or returns on one page) for `params`."""
     query = dict(params)
     paginator = endpoint.get("paginator")
     if paginator:
         query[paginator.get("offset_param", "offset")] = 0
         query[paginator.get("limit_param", "limit")] = paginator.get("limit", 100)
-    body = client.get(name, endpoint["path"], query, endpoint.get("data_selector"))
+    body = transport.get(name, endpoint["path"], query, endpoint.get("data_selector"))
     if paginator and isinstance(body, dict) and isinstance(body.get("total"), int):
         return body["total"]
     data = body.get(endpoint.get("data_selector", "data")) if isinstance(body, dict) else body
@@ -82,17 +86,17 @@ def _total(client: CRMClient, name: str, endpoint: Mapping[str, Any], params: di
 
 
 def probe_filter(
-    client: CRMClient, name: str, endpoint: Mapping[str, Any], cursor: str
+    transport: CRMTransport, name: str, endpoint: Mapping[str, Any], cursor: str
 ) -> str | None:
     """The query parameter that filters `name` on `cursor`: asked for records changed after a
     date in the future, a CRM that honours it returns fewer records than unfiltered; one that
     ignores it returns them all; one that refuses it answers 400."""
-    unfiltered = _total(client, name, endpoint, {})
+    unfiltered = _total(transport, name, endpoint, {})
     if not unfiltered:
         return None
     for param in FILTER_PARAMS:
         try:
-            filtered = _total(client, name, endpoint, {param: FUTURE})
+            filtered = _total(transport, name, endpoint, {param: FUTURE})
         except CRMAPIError as exc:
             if exc.status in (400, 422):
                 continue
@@ -103,7 +107,7 @@ def probe_filter(
 
 
 def discover_resource(
-    client: CRMClient,
+    transport: CRMTransport,
     entry: Mapping[str, Any],
     primary_key: str,
     resources: Sequence[str],
@@ -114,7 +118,7 @@ def discover_resource(
     name = entry["name"]
     endpoint = entry["endpoint"]
     records: list[dict[str, Any]] = []
-    for n, page in enumerate(client.iter_pages(name, endpoint, {}), start=1):
+    for n, page in enumerate(iter_pages(transport, name, endpoint, {}), start=1):
         records.extend(page)
         if n >= pages:
             break
@@ -141,7 +145,7 @@ def discover_resource(
     declaration: dict[str, Any] = {}
     cursor = next((f for f in CURSOR_FIELDS if f in columns), None)
     if cursor and endpoint.get("paginator") and columns[cursor]["data_type"] == "timestamp":
-        param = probe_filter(client, name, endpoint, cursor)
+        param = probe_filter(transport, name, endpoint, cursor)
         if param:
             declaration["incremental"] = {"cursor_path": cursor, "start_param": param}
     references = [
@@ -157,7 +161,7 @@ def discover_resource(
     return declaration
 
 
-def discover(client: CRMClient, pages: int = DEFAULT_SAMPLE_PAGES) -> dict[str, Any]:
+def discover(transport: CRMTransport, pages: int = DEFAULT_SAMPLE_PAGES) -> dict[str, Any]:
     """The declared schema of every resource of the API contract."""
     names = [r["name"] for r in SEED_API["resources"]]  # type: ignore[index]
     primary_key = SEED_API["resource_defaults"].get("primary_key", "id")  # type: ignore[union-attr]
@@ -167,7 +171,7 @@ def discover(client: CRMClient, pages: int = DEFAULT_SAMPLE_PAGES) -> dict[str, 
         known = {}
     return {
         entry["name"]: discover_resource(  # type: ignore[index]
-            client,
+            transport,
             entry,
             primary_key,
             names,
@@ -190,8 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         connection = CRMCredentials().connection()
-        with CRMClient(connection, RequestPolicy.from_env(), log=log) as client:
-            declaration = discover(client, args.pages)
+        with CRMTransport(connection, CRMRequestSettings().policy(), log=log) as transport:
+            declaration = discover(transport, args.pages)
     except CRMError as exc:
         print(f"crm-discover: {exc}", file=sys.stderr)
         return 1

@@ -22,7 +22,8 @@ from dlt.sources.helpers.rest_client.auth import APIKeyAuth
 from dlt.sources.rest_api import rest_api_resources
 from requests import PreparedRequest
 
-from crm_assets.client import CRMConnection, CRMError
+from crm_assets.errors import CRMError
+from crm_assets.transport import CRMConnection
 
 FAST_ENDPOINT_KEYS = frozenset({"path", "data_selector", "paginator", "params", "incremental"})
 FAST_ENTRY_KEYS = frozenset(

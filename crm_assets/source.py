@@ -1,4 +1,4 @@
-"""The dlt source: one dlt resource per entry of `CRM_API`, fed by `CRMClient`.
+"""The dlt source: one dlt resource per entry of `CRM_API`, fed over the CRM transport.
 
 Pages become typed Arrow tables (see conversion.py: the data decides the types, the declaration
 refines them) before dlt sees them, so dlt skips its per-record normalisation, the slowest part of
@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -18,11 +19,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from dlt.common.schema import Schema
 from dlt.extract.resource import DltResource
-from dlt.extract.source import DltSource
 
 from crm_assets.api import CRM_API
-from crm_assets.client import CRMAPIError, CRMClient, CRMConfigError, CRMError, ResourceStats
-from crm_assets.conversion import KeyTypeChanged, TableBuilder
+from crm_assets.conversion import ColumnType, Drift, KeyTypeChanged, TableBuilder
+from crm_assets.errors import CRMAPIError, CRMConfigError, CRMError
+from crm_assets.paging import PageCounters, iter_pages
 from crm_assets.rest_api_path import (
     SecretScrubber,
     client_gap,
@@ -30,11 +31,51 @@ from crm_assets.rest_api_path import (
     dlt_rest_resources,
     fast_path_gap,
 )
+from crm_assets.transport import CRMTransport, RequestCounters
 
 SOURCE_NAME = "crm"
 BATCH_ROWS = 10_000  # rows per Arrow table handed to dlt: large enough to amortise, small in RAM
 PROGRESS_EVERY_S = 5.0
 RENAMES_STATE_KEY = "renamed_fields"
+
+
+@dataclass
+class ResourceStats:
+    """The source's counters of one resource's extraction, next to the pager's and the
+    transport's own; the asset reads them for its metadata."""
+
+    paging: PageCounters = field(default_factory=PageCounters)
+    requests: RequestCounters = field(default_factory=RequestCounters)
+    failure: CRMError | None = None  # why this resource stopped, as data
+    drift: Drift | None = None  # the table against its declaration
+    column_types: dict[str, ColumnType] | None = None
+    filter_refused: str | None = None  # the incremental filter the CRM answered 400 to
+    cursor_start: str | None = None
+    cursor_end: str | None = None
+    seconds: float = 0.0  # from the first request to the last record of this resource
+    null_keys: int = 0
+    duplicate_keys: int = 0
+    key_chunks: list[Any] = field(default_factory=list, repr=False)
+
+    @property
+    def pages(self) -> int:
+        return self.paging.pages
+
+    @property
+    def records(self) -> int:
+        return self.paging.records
+
+    @property
+    def total(self) -> int | None:
+        return self.paging.total
+
+    @property
+    def first_total(self) -> int | None:
+        return self.paging.first_total
+
+    @property
+    def retries(self) -> int:
+        return self.requests.retries
 
 
 class _ExpectedArrowHintOverride(logging.Filter):
@@ -75,7 +116,8 @@ def _naming() -> Any:
 
 
 def _extract(
-    client: CRMClient,
+    transport: CRMTransport,
+    stats: ResourceStats,
     name: str,
     endpoint: Mapping[str, Any],
     columns: Mapping[str, Mapping[str, Any]],
@@ -84,7 +126,7 @@ def _extract(
     via_dlt: DltResource | None = None,
 ) -> Iterator[Any]:
     """All records of one resource as typed Arrow tables. A failure ends this resource only: it
-    is recorded in the client's stats, and the other resources of the same run carry on.
+    is recorded in its stats, and the other resources of the same run carry on.
 
     With an `incremental` endpoint (the declaration names the CRM's filter), a sync after the
     first asks only for records changed since the cursor, which lives in dlt's resource state
@@ -92,7 +134,6 @@ def _extract(
     full refresh, and a CRM that refuses the filter read everything. The cursor moves only when
     the whole resource was read, so a failed or interrupted sync is repeated from the same point.
     """
-    stats = client.stats.setdefault(name, ResourceStats())
     state = dlt.current.resource_state()
     builder = TableBuilder(
         name,
@@ -116,26 +157,26 @@ def _extract(
 
     def _pages() -> Iterator[list[dict[str, Any]]]:
         if via_dlt is None:
-            return client.iter_pages(name, endpoint, params)
-        return _counted(dlt_pages(via_dlt, client.connection), stats)
+            return iter_pages(transport, name, endpoint, params, stats.paging)
+        return _counted(dlt_pages(via_dlt, transport.connection), stats.paging)
 
     try:
         try:
-            tables = _tables(client, name, _pages(), builder, stats, primary_key)
+            tables = _tables(transport, name, _pages(), builder, stats, primary_key)
             first = next(tables, None)
         except CRMAPIError as exc:
             if not (params and exc.status == 400):
                 raise
             # The CRM refuses the declared filter: read in full (exact, only slower) and say so.
             stats.filter_refused = incremental["start_param"]  # type: ignore[index]
-            client.log.warning(
+            transport.log.warning(
                 f"{name}: the CRM answered HTTP 400 to the filter {stats.filter_refused}; "
                 "reading every record instead. Remove `incremental` from this resource in "
                 "declared_schema.yaml, or run crm-discover, to stop asking"
             )
             params = {}
-            stats.pages = stats.records = 0
-            tables = _tables(client, name, _pages(), builder, stats, primary_key)
+            stats.paging = PageCounters()
+            tables = _tables(transport, name, _pages(), builder, stats, primary_key)
             first = next(tables, None)
         if first is not None:
             for table in _chain(first, tables):
@@ -146,17 +187,17 @@ def _extract(
                     if hints
                     else table
                 )
-        client.log.info(_progress(name, stats))
+        transport.log.info(_progress(name, stats))
     except KeyTypeChanged as exc:
         stats.failure = CRMError(
             f"{exc}; nothing of {name} was loaded in this run. Run once with the run config "
             "`rebuild: true` to reload the table with the CRM's key type"
         )
-        client.log.warning(str(stats.failure))
+        transport.log.warning(str(stats.failure))
         return
     except CRMError as exc:
         stats.failure = exc
-        client.log.warning(f"{name}: extraction stopped: {exc}")
+        transport.log.warning(f"{name}: extraction stopped: {exc}")
         return
     finally:
         stats.drift = builder.drift()
@@ -164,12 +205,12 @@ def _extract(
             state[RENAMES_STATE_KEY] = dict(builder.renamed)
     stats.seconds = time.monotonic() - started
     stats.duplicate_keys = _duplicates(stats)
-    _report_drift(client, name, stats.drift)
+    _report_drift(transport, name, stats.drift)
     if incremental and newest is not None:
         if stats.total != stats.first_total:
             # Records joined the result while we paged concurrently, shifting offsets under us:
             # one may have been skipped. Keep the cursor so the next sync reads them again.
-            client.log.warning(
+            transport.log.warning(
                 f"{name}: {stats.first_total} -> {stats.total} records changed while paging; "
                 f"the cursor stays at {stats.cursor_start}"
             )
@@ -178,19 +219,19 @@ def _extract(
             stats.cursor_end = newest
 
 
-def _report_drift(client: CRMClient, name: str, drift: Any) -> None:
+def _report_drift(transport: CRMTransport, name: str, drift: Any) -> None:
     """Say in the run log where the data did not fit its declaration (also in the metadata)."""
     if drift.mistyped:
-        client.log.warning(
+        transport.log.warning(
             f"{name}: declared types the data does not fit, loaded as the data's own: "
             + "; ".join(f"{column} {what}" for column, what in drift.mistyped.items())
         )
     if drift.variants:
-        client.log.warning(
+        transport.log.warning(
             f"{name}: values that fit no column type went to " + ", ".join(drift.variants)
         )
     if drift.undeclared or drift.never_sent:
-        client.log.info(
+        transport.log.info(
             f"{name}: {len(drift.undeclared)} fields not declared, "
             f"{len(drift.never_sent)} declared fields never sent (see the asset's metadata)"
         )
@@ -202,7 +243,7 @@ def _chain(first: pa.Table, rest: Iterator[pa.Table]) -> Iterator[pa.Table]:
 
 
 def _counted(
-    pages: Iterator[list[dict[str, Any]]], stats: ResourceStats
+    pages: Iterator[list[dict[str, Any]]], stats: PageCounters
 ) -> Iterator[list[dict[str, Any]]]:
     for page in pages:
         stats.pages += 1
@@ -211,7 +252,7 @@ def _counted(
 
 
 def _tables(
-    client: CRMClient,
+    transport: CRMTransport,
     name: str,
     pages: Iterator[list[dict[str, Any]]],
     builder: TableBuilder,
@@ -227,7 +268,7 @@ def _tables(
             batch = []
         if time.monotonic() - last_report >= PROGRESS_EVERY_S:
             last_report = time.monotonic()
-            client.log.info(_progress(name, stats))
+            transport.log.info(_progress(name, stats))
     if batch:
         yield _to_table(stats, batch, builder, primary_key)
 
@@ -291,39 +332,45 @@ def _progress(name: str, stats: ResourceStats) -> str:
     return f"{name}: {stats.pages:,} pages, {stats.records:,}{of_total} records fetched"
 
 
+@dlt.source(name=SOURCE_NAME)
 def crm_source(
-    client: CRMClient | None = None,
-    config: Mapping[str, Any] = CRM_API,
+    transport: CRMTransport | None = None,
+    config: Mapping[str, Any] | None = None,
     full_refresh: bool = False,
-) -> DltSource:
+    stats: dict[str, ResourceStats] | None = None,
+) -> list[DltResource]:
     """Build the dlt source for every resource in `config`.
 
-    An entry the fast path covers (the API contract's shape) is fetched by `client`; any other
+    An entry the fast path covers (the API contract's shape) is fetched by `transport`; any other
     entry dlt's REST config accepts is fetched by dlt's own `rest_api` machinery (see
-    rest_api_path.py). With no client (as at import, where no secrets may be read) the resources
+    rest_api_path.py). With no transport (as at import, where no secrets may be read) the resources
     exist, with their names, but raise if they are run. `full_refresh` ignores the incremental
     cursors of the fast path: every record is read again and merged. Column types are not given
-    to dlt here: they come with the data (see conversion.py).
+    to dlt here: they come with the data (see conversion.py). `stats` collects each resource's
+    counters for the caller.
     """
+    config = config if config is not None else CRM_API
+    stats = stats if stats is not None else {}
     defaults = config.get("resource_defaults", {})
     specs = [{**defaults, **entry} for entry in config["resources"]]
     via_dlt: dict[str, DltResource] = {}
-    if client is not None:
+    if transport is not None:
         _quiet_expected_dlt_warnings()
-        _scrub_dlt_logs(client.connection.secrets)
+        _scrub_dlt_logs(transport.connection.secrets)
         everything = client_gap(config.get("client") or {})
         general = [spec["name"] for spec in specs if everything or fast_path_gap(spec) is not None]
         if general:
-            via_dlt = dlt_rest_resources(config, general, client.connection)
+            via_dlt = dlt_rest_resources(config, general, transport.connection)
     resources: list[DltResource] = []
     for spec in specs:
         name = spec["name"]
         endpoint = spec["endpoint"] if isinstance(spec["endpoint"], Mapping) else {}
         data = (
             _placeholder(name)
-            if client is None
+            if transport is None
             else _extract(
-                client,
+                transport,
+                stats.setdefault(name, ResourceStats(requests=transport.counters_for(name))),
                 name,
                 endpoint,
                 spec.get("columns", {}),
@@ -342,7 +389,7 @@ def crm_source(
                 parallelized=True,
             )
         )
-    return DltSource(Schema(SOURCE_NAME), SOURCE_NAME, resources)
+    return resources
 
 
 def _scrub_dlt_logs(secrets: tuple[str, ...]) -> None:

@@ -23,7 +23,7 @@ from typing import IO, Any
 from dagster import Failure
 from dlt.common.pipeline import get_dlt_pipelines_dir
 
-from crm_assets.client import CRMConfigError, CRMError, Log
+from crm_assets.errors import CRMConfigError, CRMError, Log
 from crm_assets.resources import PIPELINE_NAME, CRMWarehouse
 
 LOCK_TIMEOUT_ENV = "CRM_SYNC_LOCK_TIMEOUT"
@@ -40,12 +40,15 @@ class SyncLockTimeout(CRMError, Failure):
         Failure.__init__(self, description=message, allow_retries=False)
 
 
-def lock_timeout() -> float:
-    raw = os.environ.get(LOCK_TIMEOUT_ENV)
-    if not raw:
+def lock_timeout(warehouse: CRMWarehouse) -> float:
+    """The warehouse resource's `sync_lock_timeout`, else CRM_SYNC_LOCK_TIMEOUT, else an hour."""
+    raw: object = warehouse.sync_lock_timeout
+    if raw is None:
+        raw = os.environ.get(LOCK_TIMEOUT_ENV)
+    if raw is None or raw == "":
         return DEFAULT_LOCK_TIMEOUT_S
     try:
-        value = float(raw)
+        value = float(raw)  # type: ignore[arg-type]
     except ValueError:
         raise CRMConfigError(f"{LOCK_TIMEOUT_ENV} must be a number, got {raw!r}") from None
     if value < 0:
@@ -91,7 +94,7 @@ def exclusive_sync(
     warehouse: CRMWarehouse, log: Log, timeout: float | None = None
 ) -> Iterator[list[Path]]:
     """Hold every lock of `warehouse` for the body; yields the lock paths."""
-    timeout = lock_timeout() if timeout is None else timeout
+    timeout = lock_timeout(warehouse) if timeout is None else timeout
     deadline = time.monotonic() + timeout
     paths = sync_lock_paths(warehouse)
     with ExitStack() as stack:

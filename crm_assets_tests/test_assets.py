@@ -12,7 +12,7 @@ from dagster import (
 import crm_assets
 from crm_assets.api import resource_names
 from crm_assets.assets import failure_summary
-from crm_assets.client import CRMAPIError, CRMError
+from crm_assets.errors import CRMAPIError, CRMError
 from crm_assets_tests.conftest import (
     ACCESS_KEY,
     API_KEY,

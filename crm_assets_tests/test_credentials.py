@@ -17,7 +17,7 @@ import pytest
 from dlt.common.configuration.container import Container
 from dlt.common.configuration.specs import PluggableRunContext
 
-from crm_assets.client import CRMConfigError
+from crm_assets.errors import CRMConfigError
 from crm_assets.resources import CRMCredentials
 from crm_assets_tests.conftest import (
     ACCESS_KEY,

@@ -92,13 +92,18 @@ def test_definitions_surface_without_secrets(tmp_path: Path) -> None:
         },
     }
     assert surface["sensors"] == []
-    every = ("freshness", "primary_key", "row_count", "schema_drift")
+    every = (
+        "column_schema_change",
+        "dagster_row_count_bounds_check",
+        "primary_key",
+        "schema_drift",
+    )
     referencing = ("cases", "contacts", "leads", "opportunities")
     assert surface["checks"] == sorted(
         [f"crm/{name}:{check}" for name in resource_names() for check in every]
         + [f"crm/{name}:references" for name in referencing]
     )
-    assert surface["resources"] == ["crm_credentials", "crm_warehouse", "dlt"]
+    assert surface["resources"] == ["crm_credentials", "crm_requests", "crm_warehouse", "dlt"]
 
 
 def test_import_writes_nothing(tmp_path: Path) -> None:

@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 from crm_assets.api import CRM_API, resource_names
-from crm_assets.client import CRMAPIError, CRMClient, CRMConnection, RequestPolicy
+from crm_assets.errors import CRMAPIError
+from crm_assets.paging import iter_pages
+from crm_assets.transport import CRMConnection, CRMTransport, RequestPolicy
 from crm_assets_tests.conftest import (
     ACCESS_KEY,
     API_KEY,
@@ -21,7 +23,6 @@ from crm_assets_tests.conftest import (
     every_profile,
     materialized_metadata,
 )
-from crm_assets_tests.fault_drill import format_table, run_drill
 from crm_assets_tests.fault_support import (
     TRANSIENT_KINDS,
     cli_env,
@@ -36,6 +37,7 @@ from crm_assets_tests.fault_support import (
     transient_rates,
 )
 from crm_simulator import CRMSimulator, Faults
+from crm_simulator.fault_drill import format_table, run_drill
 
 SECRETS = (API_KEY, ACCESS_KEY)
 RETRY_LINE = re.compile(
@@ -144,9 +146,9 @@ def test_retry_after_is_honoured_within_the_configured_bound(
         {"contacts": 2000}, api_key=API_KEY, access_key=ACCESS_KEY, faults=faults
     ) as many_pages:
         connection = CRMConnection(many_pages.base_url, API_KEY, ACCESS_KEY)
-        with CRMClient(connection, policy, log=log) as client:
+        with CRMTransport(connection, policy, log=log) as transport:
             endpoint = next(r for r in CRM_API["resources"] if r["name"] == "contacts")
-            pages = list(client.iter_pages("contacts", endpoint["endpoint"]))
+            pages = list(iter_pages(transport, "contacts", endpoint["endpoint"]))
         assert sum(len(p) for p in pages) == 2000
     waits = [
         float(p["wait"])
@@ -270,8 +272,8 @@ def test_404_and_400_are_not_retried_and_name_resource_status_and_path(
     connection = CRMConnection(simulator.base_url, API_KEY, ACCESS_KEY)
     simulator.reset_requests()
     policy = RequestPolicy(max_attempts=5, backoff_base=0.01)
-    with CRMClient(connection, policy) as client, pytest.raises(CRMAPIError) as raised:
-        client.get("customers", path, params, "data")
+    with CRMTransport(connection, policy) as transport, pytest.raises(CRMAPIError) as raised:
+        transport.get("customers", path, params, "data")
     assert str(raised.value) == expected
     assert raised.value.__cause__ is None and raised.value.__context__ is None
     assert len(simulator.requests()) == 1

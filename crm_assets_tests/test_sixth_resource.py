@@ -87,7 +87,13 @@ def test_a_sixth_resource_is_data_alone(workspace: Workspace, simulator: CRMSimu
     assert AssetKey(["crm", "tasks"]) in graph.get_all_asset_keys()
     assert {
         k.name for k in graph.asset_check_keys if k.asset_key == AssetKey(["crm", "tasks"])
-    } == {"primary_key", "row_count", "schema_drift", "freshness", "references"}
+    } == {
+        "primary_key",
+        "dagster_row_count_bounds_check",
+        "schema_drift",
+        "column_schema_change",
+        "references",
+    }
 
     simulator.reset_requests()
     result = materialize(
@@ -111,8 +117,8 @@ def test_a_sixth_resource_is_data_alone(workspace: Workspace, simulator: CRMSimu
     }
     assert checks == {
         "primary_key": True,
-        "row_count": True,
+        "dagster_row_count_bounds_check": True,
         "schema_drift": True,
-        "freshness": True,
+        "column_schema_change": True,
         "references": True,
     }

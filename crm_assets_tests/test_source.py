@@ -10,8 +10,8 @@ import dlt
 import pytest
 
 from crm_assets.api import CRM_API, resource_names
-from crm_assets.client import CRMClient, CRMConnection
 from crm_assets.source import crm_source
+from crm_assets.transport import CRMConnection, CRMTransport
 from crm_assets_tests.conftest import ACCESS_KEY, API_KEY, Workspace, assert_same_records
 from crm_simulator import CRMSimulator
 
@@ -24,20 +24,22 @@ def run_source(simulator: CRMSimulator, root: Path, config=CRM_API, log=None):
         dataset_name="crm",
         pipelines_dir=str(root / "pipelines"),
     )
-    with CRMClient(connection, log=log) as client:
-        info = pipeline.run(crm_source(client, config), loader_file_format="parquet")
-    return info, client
+    stats: dict = {}
+    with CRMTransport(connection, log=log) as transport:
+        source = crm_source(transport, config, stats=stats)
+        info = pipeline.run(source, loader_file_format="parquet")
+    return info, stats
 
 
 def test_source_loads_every_record_with_declared_types(
     tmp_path: Path, simulator: CRMSimulator
 ) -> None:
-    info, client = run_source(simulator, tmp_path)
+    info, stats = run_source(simulator, tmp_path)
     assert not info.has_failed_jobs
     ws = Workspace(tmp_path, tmp_path / "warehouse.duckdb", tmp_path / "pipelines", tmp_path, {})
     for name in resource_names():
         assert_same_records(ws, simulator, name)
-        assert client.stats[name].records == simulator.count(name)
+        assert stats[name].records == simulator.count(name)
     types = ws.column_types("opportunities")
     assert types["amount"] == "DECIMAL(18,2)"
     assert types["created_at"] == "TIMESTAMP WITH TIME ZONE"

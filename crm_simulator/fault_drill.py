@@ -1,6 +1,7 @@
 """Fault drill: full syncs through the real `dagster` CLI against a faulty CRM simulator.
 
-    python -m crm_assets_tests.fault_drill [--rate 0.3] [--scale 1] [--seed 7]
+    crm-fault-drill [--rate 0.3] [--scale 1] [--seed 7]
+    python -m crm_simulator.fault_drill [--rate 0.3] [--scale 1] [--seed 7]
 
 Each scenario runs `dagster asset materialize -m crm_assets --select '*'` in a fresh workspace
 (its own DuckDB file, dlt pipelines folder and DAGSTER_HOME) with distinctive secrets, then
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from crm_assets.api import resource_names
-from crm_assets_tests.fault_support import (
+from crm_simulator.drill_support import (
     TRANSIENT_KINDS,
     cli_env,
     duplicates,
@@ -33,7 +34,8 @@ from crm_assets_tests.fault_support import (
     table_ids,
     transient_rates,
 )
-from crm_simulator import CRMSimulator, Faults
+from crm_simulator.faults import Faults
+from crm_simulator.server import CRMSimulator
 
 API_KEY = "sk-live-APIKEY-7f3a9c1e5b"
 ACCESS_KEY = "ak-ACCESSKEY-4d8e2f6a0c"

@@ -1,61 +1,34 @@
-"""HTTP access to the CRM: one client per sync, shared by every resource of the sync.
+"""Transport: sessions, auth, retries and pacing for one CRM, shared by every resource of a sync.
 
-Why not dlt's own REST client: it fetches the pages of a resource one after another, does not log
-its retries, adds no jitter to its backoff, and puts the request URL (with the `access_key` it
-does not know is secret) into its log lines and error messages. This client reads the same
-`CRM_API` config, fetches pages concurrently once the first page has told the total, retries
-transient failures with jittered exponential backoff, and builds every message itself from the
-path and the non-secret parameters only.
+Why not dlt's own REST client for the API contract: it does not log its retries, adds no jitter
+to its backoff, and puts the request URL (with the `access_key` it does not know is secret) into
+its log lines and error messages. This transport builds every message itself from the path and
+the non-secret parameters only. How a resource is paged is paging.py's business; this module
+answers one GET at a time per thread, and counts requests and retries per resource.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import random
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import orjson
 import requests
 from requests.adapters import HTTPAdapter
 
 from crm_assets.api import API_KEY_PARAM
+from crm_assets.errors import CRMAPIError, CRMConfigError, Log
 
 TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
 AccessKeyLocation = Literal["header", "query"]
-
-
-class Log(Protocol):
-    """What the client needs of a logger: Python's and Dagster's both fit."""
-
-    def info(self, msg: str, *args: Any) -> Any: ...
-    def warning(self, msg: str, *args: Any) -> Any: ...
-
-
-class CRMError(Exception):
-    """A sync failure whose message is one line, safe to show: no secret, no record data."""
-
-
-class CRMConfigError(CRMError):
-    """The project is not set up to reach the CRM (a missing or invalid setting)."""
-
-
-class CRMAPIError(CRMError):
-    """The CRM answered in a way a retry cannot fix, or kept failing until attempts ran out."""
-
-    def __init__(
-        self, resource: str, kind: str, path: str, detail: str = "", status: int | None = None
-    ) -> None:
-        self.resource, self.kind, self.path, self.detail = resource, kind, path, detail
-        self.status = status
-        super().__init__(f"{resource}: {kind} from GET {path}" + (f" ({detail})" if detail else ""))
 
 
 @dataclass(frozen=True)
@@ -85,22 +58,9 @@ class CRMConnection:
         return tuple(s for s in (self.api_key, self.access_key) if s)
 
 
-def _env_number(name: str, default: float, cast: Callable[[str], float] = float) -> Any:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = cast(raw)
-    except ValueError:
-        raise CRMConfigError(f"{name} must be a number, got {raw!r}") from None
-    if value <= 0:
-        raise CRMConfigError(f"{name} must be greater than zero, got {raw!r}")
-    return value
-
-
 @dataclass(frozen=True)
 class RequestPolicy:
-    """How hard the client tries. Every bound is an environment variable (see the README)."""
+    """How hard the transport tries; set per deployment through `CRMRequestSettings`."""
 
     # Ten attempts: with half of all requests failing transiently, a page still fails only once
     # in a thousand (0.5^10), where six attempts lost one page in 64 and so, on a sync of a few
@@ -112,18 +72,6 @@ class RequestPolicy:
     read_timeout: float = 30.0
     concurrency: int = 8
 
-    @classmethod
-    def from_env(cls) -> RequestPolicy:
-        d = cls()
-        return cls(
-            max_attempts=_env_number("CRM_REQUEST_MAX_ATTEMPTS", d.max_attempts, int),
-            backoff_base=_env_number("CRM_REQUEST_BACKOFF", d.backoff_base),
-            backoff_max=_env_number("CRM_REQUEST_MAX_BACKOFF", d.backoff_max),
-            connect_timeout=_env_number("CRM_CONNECT_TIMEOUT", d.connect_timeout),
-            read_timeout=_env_number("CRM_REQUEST_TIMEOUT", d.read_timeout),
-            concurrency=_env_number("CRM_CONCURRENCY", d.concurrency, int),
-        )
-
     def backoff(self, attempt: int, rng: random.Random) -> float:
         """Wait before retry number `attempt` (1-based): exponential, with equal jitter so that
         concurrent workers that failed together do not come back together."""
@@ -132,25 +80,12 @@ class RequestPolicy:
 
 
 @dataclass
-class ResourceStats:
-    """Counters of one resource's extraction, read by the asset for its metadata."""
+class RequestCounters:
+    """The transport's counters for one resource."""
 
-    pages: int = 0
-    records: int = 0
+    requests: int = 0
+    responses: int = 0  # answered with a usable page
     retries: int = 0
-    total: int | None = None
-    failure: CRMError | None = None  # why this resource stopped, as data
-    variants: list[str] = field(default_factory=list)
-    first_total: int | None = None  # the total the first page gave, before any change
-    cursor_start: str | None = None
-    cursor_end: str | None = None
-    seconds: float = 0.0  # from the first request to the last record of this resource
-    null_keys: int = 0
-    duplicate_keys: int = 0
-    drift: Any = None  # conversion.Drift: the table against its declaration
-    column_types: dict[str, Any] | None = None  # warehouse column -> conversion.ColumnType
-    filter_refused: str | None = None  # the incremental filter the CRM answered 400 to
-    key_chunks: list[Any] = field(default_factory=list, repr=False)
 
 
 def select_records(body: Any, selector: str) -> Any:
@@ -287,9 +222,9 @@ class _RatePacer:
             self._limited_at = now
 
 
-class CRMClient:
-    """Thread-safe GETs against one CRM with retries; pages of a resource fetched concurrently,
-    paced to the API's rate limit once it has answered 429."""
+class CRMTransport:
+    """Thread-safe GETs against one CRM with retries, paced to the API's rate limit once it has
+    answered 429; a pool of workers for whoever wants requests in parallel."""
 
     def __init__(
         self,
@@ -301,19 +236,26 @@ class CRMClient:
         self.connection = connection
         self.policy = policy or RequestPolicy()
         self.log: Log = log or logging.getLogger("crm_assets")
-        self.stats: dict[str, ResourceStats] = {}
+        self.counters: dict[str, RequestCounters] = {}
         self._rng = random.Random(seed)
         self._local = threading.local()
         self._pacer = _RatePacer()
         self._pool = ThreadPoolExecutor(self.policy.concurrency, thread_name_prefix="crm-http")
         self._sessions: list[requests.Session] = []
 
+    def counters_for(self, resource: str) -> RequestCounters:
+        return self.counters.setdefault(resource, RequestCounters())
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        """Run `fn(*args)` on the transport's workers (at most `policy.concurrency` at once)."""
+        return self._pool.submit(fn, *args)
+
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
         for session in self._sessions:
             session.close()
 
-    def __enter__(self) -> CRMClient:
+    def __enter__(self) -> CRMTransport:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -380,7 +322,7 @@ class CRMClient:
     ) -> Any:
         """GET `path` with `params` (never secrets: they are added here), retrying transient
         failures; returns the decoded JSON body or raises `CRMAPIError` with a one-line message."""
-        stats = self.stats.setdefault(resource, ResourceStats())
+        counters = self.counters_for(resource)
         shown = _describe(path, params)
         send = dict(params)
         send[self.connection.api_key_name] = self.connection.api_key
@@ -389,10 +331,11 @@ class CRMClient:
         url = self.connection.base_url.rstrip("/") + path
         attempt = 1
         while True:
+            counters.requests += 1
             outcome = self._attempt(url, send, selector)
             self._pacer.observe(outcome.status)
             if outcome.body is not None:
-                stats.pages += 1
+                counters.responses += 1
                 return outcome.body
             if not outcome.transient or attempt >= self.policy.max_attempts:
                 break
@@ -406,7 +349,7 @@ class CRMClient:
                 wait = min(outcome.retry_after, self.policy.backoff_max) * (
                     1 + self._rng.uniform(0, 0.1)
                 )
-            stats.retries += 1
+            counters.retries += 1
             self.log.warning(
                 f"{resource}: {outcome.kind} on GET {shown}; retry {attempt}/"
                 f"{self.policy.max_attempts - 1} in {wait:.2f} s"
@@ -427,114 +370,3 @@ class CRMClient:
         # Nobody listening is about the host, not the page: the query string would only distract.
         where = path if outcome.kind == "connection refused" else shown
         raise CRMAPIError(resource, outcome.kind, where, detail, outcome.status)
-
-    # -- a whole resource ----------------------------------------------------------------------
-
-    def iter_pages(
-        self, resource: str, endpoint: Mapping[str, Any], params: Mapping[str, Any] | None = None
-    ) -> Iterator[list[dict[str, Any]]]:
-        """Yield the record lists of every page of one endpoint of `CRM_API`, in offset order."""
-        path = endpoint["path"]
-        selector = endpoint.get("data_selector")
-        base = {**(endpoint.get("params") or {}), **(params or {})}
-        paginator = endpoint.get("paginator")
-        stats = self.stats.setdefault(resource, ResourceStats())
-
-        def select(body: Any) -> list[dict[str, Any]]:
-            # `get` has checked the selector's path on this body already.
-            data = select_records(body, selector) if selector else body
-            stats.records += len(data)
-            return data
-
-        if paginator is None:
-            body = self.get(resource, path, base, selector)
-            records = select(body)
-            stats.total = stats.first_total = len(records)
-            announced = body.get("total") if isinstance(body, dict) else None
-            if isinstance(announced, int) and announced > len(records):
-                # The config says one page, the API says there is more: load what came, and
-                # say plainly that the endpoint needs a paginator in api.py.
-                self.log.warning(
-                    f"{resource}: GET {path} returned {len(records)} of {announced} records on "
-                    "its one page; give this resource a paginator in CRM_API to load the rest"
-                )
-            yield records
-            return
-        if paginator.get("type") != "offset":
-            raise CRMConfigError(
-                f"{resource}: paginator type {paginator.get('type')!r} is not "
-                "supported; use 'offset' or none"
-            )
-        limit = int(paginator.get("limit", 100))
-        offset_param = paginator.get("offset_param", "offset")
-        limit_param = paginator.get("limit_param", "limit")
-        total_path = paginator.get("total_path", "total")
-
-        def page_params(offset: int) -> dict[str, Any]:
-            return {**base, offset_param: offset, limit_param: limit}
-
-        def total_of(body: Any) -> int | None:
-            value = body.get(total_path) if isinstance(body, dict) and total_path else None
-            return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-        first = self.get(resource, path, page_params(0), selector)
-        records = select(first)
-        total = total_of(first)
-        stats.total = stats.first_total = total
-        yield records
-        if total is None:
-            # Without a total the only safe end is an empty page: step by what each page held.
-            offset = len(records)
-            while records:
-                records = select(self.get(resource, path, page_params(offset), selector))
-                offset += len(records)
-                if records:
-                    yield records
-            return
-        # A server may cap the page below our limit; its first page says by how much.
-        step = len(records) if 0 < len(records) < min(limit, total) else limit
-        yield from self._fetch_concurrently(
-            resource, path, selector, step, total, page_params, select, total_of
-        )
-
-    def _fetch_concurrently(
-        self,
-        resource: str,
-        path: str,
-        selector: str | None,
-        step: int,
-        total: int,
-        page_params: Callable[[int], dict[str, Any]],
-        select: Callable[[Any], list[dict[str, Any]]],
-        total_of: Callable[[Any], int | None],
-    ) -> Iterator[list[dict]]:
-        stats = self.stats[resource]
-        window: deque[Future[Any]] = deque()
-        next_offset = step
-        planned_end = total
-        try:
-            while True:
-                # Pages are yielded in order, so a page waiting out a Retry-After would idle every
-                # worker if only `concurrency` pages were queued; a deeper queue keeps them busy
-                # (the pool still bounds the requests in flight).
-                while next_offset < planned_end and len(window) < 4 * self.policy.concurrency:
-                    window.append(
-                        self._pool.submit(
-                            self.get, resource, path, page_params(next_offset), selector
-                        )
-                    )
-                    next_offset += step
-                if not window:
-                    return
-                body = window.popleft().result()
-                # Records added while we page push the total up: fetch the new tail too.
-                newer = total_of(body)
-                if newer is not None and newer > planned_end:
-                    planned_end = newer
-                    stats.total = newer
-                records = select(body)
-                if records:
-                    yield records
-        finally:
-            for future in window:
-                future.cancel()
