@@ -88,22 +88,30 @@ def step_failure_message(result: Any) -> str:
 
 def run_summaries(dagster_home: Path) -> list[dict[str, Any]]:
     """Per run (oldest first): the outcome of each step, the assets materialized and the
-    messages logged by user code."""
+    messages logged by user code, all of them and per step."""
     summaries = []
     with open_instance(dagster_home) as instance:
         for run in reversed(instance.get_runs()):
             steps: dict[str, str] = {}
             assets: list[str] = []
             messages: list[str] = []
+            by_step: dict[str, list[str]] = {}
             for entry in instance.all_logs(run.run_id):
                 event = entry.dagster_event
                 if event is None:
                     messages.append(entry.user_message or "")
+                    by_step.setdefault(entry.step_key or "", []).append(entry.user_message or "")
                 elif event.event_type_value in ("STEP_SUCCESS", "STEP_FAILURE"):
                     steps[event.step_key or ""] = event.event_type_value
                 elif event.event_type_value == "ASSET_MATERIALIZATION":
                     assets.append(event.asset_key.path[-1])
             summaries.append(
-                {"run_id": run.run_id, "steps": steps, "assets": assets, "messages": messages}
+                {
+                    "run_id": run.run_id,
+                    "steps": steps,
+                    "assets": assets,
+                    "messages": messages,
+                    "step_messages": by_step,
+                }
             )
     return summaries
