@@ -11,9 +11,11 @@ from crm_assets.assets import build_crm_assets
 from crm_assets.automation import (
     crm_checks_job,
     crm_checks_schedule,
+    crm_reconcile_schedule,
     crm_sync_job,
     crm_sync_schedule,
     freshness_policy,
+    reconcile_cron,
     sync_cron,
 )
 from crm_assets.checks import build_crm_checks
@@ -31,7 +33,11 @@ def build_definitions(api_config: Mapping[str, Any] = CRM_API) -> Definitions:
         assets=[build_crm_assets(freshness=freshness, api_config=api_config)],
         asset_checks=build_crm_checks(api_config),
         jobs=[crm_sync_job, crm_checks_job],
-        schedules=[crm_sync_schedule(cron), crm_checks_schedule],
+        schedules=[
+            crm_sync_schedule(cron),
+            crm_reconcile_schedule(reconcile_cron()),
+            crm_checks_schedule,
+        ],
         executor=crm_executor(),  # CRM_EXECUTOR; in-process unless told otherwise
         resources={
             "dlt": DagsterDltResource(),

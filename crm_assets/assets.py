@@ -34,6 +34,7 @@ from pydantic import Field
 
 from crm_assets.api import CRM_API
 from crm_assets.automation import CRM_GROUP
+from crm_assets.deletes import MassDeleteRefused, apply_deletes
 from crm_assets.errors import CRMAPIError, CRMConfigError, CRMError
 from crm_assets.resources import CRMCredentials, CRMRequestSettings, CRMWarehouse
 from crm_assets.source import ResourceStats, crm_source
@@ -194,6 +195,8 @@ def _sync_metadata(
     if stats.cursor_start is not None:
         metadata["cursor_start"] = MetadataValue.text(stats.cursor_start)
         metadata["cursor_end"] = MetadataValue.text(stats.cursor_end or stats.cursor_start)
+    metadata["rows_deleted"] = MetadataValue.int(stats.rows_deleted)
+    metadata["complete_read"] = MetadataValue.bool(stats.complete)
     metadata["records_without_id"] = MetadataValue.int(stats.null_keys)
     metadata["duplicate_ids"] = MetadataValue.int(stats.duplicate_keys)
     metadata.update(drift_metadata(stats))
@@ -255,6 +258,7 @@ def build_crm_assets(
         try:
             connection = crm_credentials.connection(api_config.get("client"))
             policy = crm_requests.policy()
+            delete_mode, delete_share = crm_warehouse.delete_mode(), crm_warehouse.delete_share()
         except CRMConfigError as exc:
             raise Failure(description=str(exc), allow_retries=False) from None
         # One sync at a time per pipeline folder and per DuckDB file, whatever the instance's
@@ -293,6 +297,23 @@ def build_crm_assets(
                 if stats.failure:
                     failures.append(stats.failure)
                     continue
+                if stats.complete:
+                    try:
+                        stats.rows_deleted = apply_deletes(
+                            pipeline,
+                            name,
+                            translator.primary_keys[name],
+                            stats.seen_keys.to_pylist() if stats.seen_keys is not None else [],
+                            delete_mode,
+                            delete_share,
+                        )
+                    except MassDeleteRefused as exc:
+                        failures.append(exc)
+                    if stats.rows_deleted:
+                        context.log.info(
+                            f"{name}: {stats.rows_deleted:,} rows no longer in the CRM, "
+                            f"{'removed' if delete_mode == 'hard' else 'marked deleted'}"
+                        )
                 if stats.null_keys:
                     # Loaded, but not whole: the rest of the resource is in, and the run fails.
                     pk = translator.primary_keys.get(name, "id")

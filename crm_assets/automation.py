@@ -16,6 +16,7 @@ from dagster import (
 
 CRM_GROUP = "crm"
 DEFAULT_SYNC_CRON = "0 2 * * *"  # daily, at night (UTC)
+DEFAULT_RECONCILE_CRON = "0 3 * * 0"  # weekly, Sunday night (UTC)
 
 crm_sync_job = define_asset_job(
     name="crm_sync",
@@ -43,13 +44,38 @@ crm_checks_schedule = ScheduleDefinition(
 )
 
 
-def sync_cron() -> str:
-    """The schedule's cron (CRM_SYNC_CRON). Read when the definitions load: a schedule is part
-    of the definitions, so it cannot wait for a run; a wrong value fails with one line."""
-    cron = os.environ.get("CRM_SYNC_CRON") or DEFAULT_SYNC_CRON
+def _cron(env: str, default: str) -> str:
+    """A schedule's cron from `env`. Read when the definitions load: a schedule is part of the
+    definitions, so it cannot wait for a run; a wrong value fails with one line."""
+    cron = os.environ.get(env) or default
     if not croniter.is_valid(cron):
-        raise ValueError(f"CRM_SYNC_CRON is not a valid cron expression: {cron!r}")
+        raise ValueError(f"{env} is not a valid cron expression: {cron!r}")
     return cron
+
+
+def sync_cron() -> str:
+    """The sync schedule's cron (CRM_SYNC_CRON)."""
+    return _cron("CRM_SYNC_CRON", DEFAULT_SYNC_CRON)
+
+
+def reconcile_cron() -> str:
+    """The reconcile schedule's cron (CRM_RECONCILE_CRON)."""
+    return _cron("CRM_RECONCILE_CRON", DEFAULT_RECONCILE_CRON)
+
+
+def crm_reconcile_schedule(cron: str) -> ScheduleDefinition:
+    """A full read of every resource, so that records deleted in the CRM are marked (incremental
+    syncs cannot see deletes; see deletes.py)."""
+    return ScheduleDefinition(
+        name="crm_reconcile_schedule",
+        job=crm_sync_job,
+        cron_schedule=cron,
+        execution_timezone="UTC",
+        run_config={"ops": {"crm_sync_assets": {"config": {"full_refresh": True}}}},
+        default_status=DefaultScheduleStatus.RUNNING,
+        description="Weekly full read of every resource (CRM_RECONCILE_CRON): merges every "
+        "record again and marks the ones deleted in the CRM.",
+    )
 
 
 def longest_gap(cron: str, sample: int = 64) -> timedelta:

@@ -5,6 +5,7 @@ on DuckDB and PostgreSQL alike, and, for what the warehouse cannot show (records
 without an id are left out of the load), the metadata of the asset's latest materialization.
 """
 
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -17,6 +18,7 @@ from dagster import (
     AssetCheckSpec,
     AssetKey,
     AssetRecordsFilter,
+    BetaWarning,
     build_column_schema_change_checks,
     build_metadata_bounds_checks,
     multi_asset_check,
@@ -30,6 +32,9 @@ from crm_assets.sync_lock import exclusive_sync
 
 PRIMARY_KEY = "primary_key"
 REFERENCES = "references"
+DELETES = "deletes"
+# Deletes per sync below this are never a jump: a CRM loses a few records every day.
+DELETES_NOISE = 10
 SCHEMA_DRIFT = "schema_drift"
 
 
@@ -44,6 +49,12 @@ def _specs(api_config: Mapping[str, Any]) -> list[AssetCheckSpec]:
                 description="Every record has an id, and each id is in the table once (ERROR, "
                 "blocking).",
                 blocking=True,
+            ),
+            AssetCheckSpec(
+                DELETES,
+                asset=key,
+                description="The rows marked deleted by the last sync are not a jump: at most "
+                f"twice the most of the five syncs before, or {DELETES_NOISE} (WARN).",
             ),
             AssetCheckSpec(
                 SCHEMA_DRIFT,
@@ -217,6 +228,22 @@ def _schema_drift(
     )
 
 
+def _deletes(context: AssetCheckExecutionContext, key: AssetKey, table: str) -> AssetCheckResult:
+    history = [_value(m, "rows_deleted") for m in _latest_metadata(context, key, limit=6)]
+    latest, before = (history[0], history[1:]) if history else (0, [])
+    bound = max(DELETES_NOISE, 2 * max(before, default=0))
+    return AssetCheckResult(
+        asset_key=key,
+        check_name=DELETES,
+        passed=latest <= bound,
+        severity=AssetCheckSeverity.WARN,
+        metadata={"rows_deleted": latest, "bound": bound},
+        description=None
+        if latest <= bound
+        else f"{table}: {latest:,} rows marked deleted in the last sync, more than {bound:,}",
+    )
+
+
 def build_crm_checks(api_config: Mapping[str, Any] = CRM_API) -> list[AssetChecksDefinition]:
     """Every check of every resource in `api_config`: Dagster's own builders where one fits
     (a table that is not empty, columns unchanged since the previous sync), and one multi-check,
@@ -256,17 +283,23 @@ def build_crm_checks(api_config: Mapping[str, Any] = CRM_API) -> list[AssetCheck
             return _primary_key(db, context, key, table, resources[table].get("primary_key", pk))
         if name == REFERENCES:
             return _references(db, key, table, resources[table]["references"])
+        if name == DELETES:
+            return _deletes(context, key, table)
         if name == SCHEMA_DRIFT:
             return _schema_drift(context, key, table)
         return None
 
-    return [
-        crm_quality_checks,
-        *build_metadata_bounds_checks(
+    # Both builders are marked beta in Dagster 1.13; their warning would print on every load
+    # of the definitions, in every CLI command and run, and says nothing a user can act on.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", BetaWarning)
+        row_count = build_metadata_bounds_checks(
             assets=keys,
             metadata_key="dagster/row_count",
             min_value=1,
             severity=AssetCheckSeverity.WARN,
-        ),
-        *build_column_schema_change_checks(assets=keys, severity=AssetCheckSeverity.WARN),
-    ]
+        )
+        column_changes = build_column_schema_change_checks(
+            assets=keys, severity=AssetCheckSeverity.WARN
+        )
+    return [crm_quality_checks, *row_count, *column_changes]

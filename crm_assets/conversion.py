@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+SYSTEM_PREFIXES = ("_dlt", "_crm")  # columns the pipeline adds, not the CRM
 EXACT_FLOAT_INT = 2**53  # beyond this an integer does not survive a trip through a double
 DEFAULT_DECIMAL = (38, 9)
 
@@ -554,6 +555,8 @@ class TableBuilder:
             elif declared.get("data_type") and kind != ColumnType.of(declared):
                 drift.mistyped[column] = f"declared {ColumnType.of(declared)}, loaded as {kind}"
         for column in self.types:
+            if column.startswith(SYSTEM_PREFIXES):
+                continue
             if "__v_" in column:
                 drift.variants.append(column)
             elif column not in declared_columns:

@@ -19,6 +19,7 @@ from dlt.pipeline.pipeline import Pipeline
 from pydantic import Field
 
 from crm_assets.api import API_KEY_PARAM, DEFAULT_BASE_URL
+from crm_assets.deletes import DELETE_MODES, DeleteMode
 from crm_assets.errors import CRMConfigError
 from crm_assets.transport import CRMConnection, RequestPolicy
 
@@ -227,11 +228,35 @@ class CRMWarehouse(ConfigurableResource):
         default=None,
         description="Where dlt keeps its working state (CRM_PIPELINES_DIR, default dlt's own).",
     )
+    deletes: str | None = Field(
+        default=None,
+        description="What a complete read does to rows whose id the CRM no longer returns: "
+        "soft (set _crm_deleted_at), hard (remove them) or off (CRM_DELETES, default soft).",
+    )
+    max_delete_share: float | None = Field(
+        default=None,
+        description="Largest share of a table one read may mark deleted; beyond it nothing is "
+        "marked and the run fails (CRM_MAX_DELETE_SHARE, default 0.5).",
+    )
     sync_lock_timeout: float | None = Field(
         default=None,
         description="Seconds a sync waits for another one on the same warehouse to finish "
         "(CRM_SYNC_LOCK_TIMEOUT, default 3600).",
     )
+
+    def delete_mode(self) -> DeleteMode:
+        mode = (_setting(self.deletes, "CRM_DELETES", "soft") or "soft").strip().lower()
+        if mode not in DELETE_MODES:
+            raise CRMConfigError(
+                f"CRM_DELETES must be one of {', '.join(DELETE_MODES)}, got {mode!r}"
+            )
+        return mode  # type: ignore[return-value]
+
+    def delete_share(self) -> float:
+        share = _number(self.max_delete_share, "CRM_MAX_DELETE_SHARE", 0.5, float)
+        if share > 1:
+            raise CRMConfigError(f"CRM_MAX_DELETE_SHARE must be at most 1, got {share!r}")
+        return float(share)
 
     def destination_name(self) -> str:
         return _setting(self.destination, "CRM_DESTINATION", "duckdb") or "duckdb"

@@ -21,7 +21,8 @@ from dlt.common.schema import Schema
 from dlt.extract.resource import DltResource
 
 from crm_assets.api import CRM_API
-from crm_assets.conversion import ColumnType, Drift, KeyTypeChanged, TableBuilder
+from crm_assets.conversion import TIMESTAMP, ColumnType, Drift, KeyTypeChanged, TableBuilder
+from crm_assets.deletes import DELETED_COLUMN
 from crm_assets.errors import CRMAPIError, CRMConfigError, CRMError
 from crm_assets.paging import PageCounters, iter_pages
 from crm_assets.rest_api_path import (
@@ -56,6 +57,9 @@ class ResourceStats:
     null_keys: int = 0
     duplicate_keys: int = 0
     key_chunks: list[Any] = field(default_factory=list, repr=False)
+    seen_keys: Any = None  # every key this sync read (an Arrow array), once it is complete
+    complete: bool = False  # every record of the resource was read, so absent ids are deletes
+    rows_deleted: int = 0
 
     @property
     def pages(self) -> int:
@@ -144,6 +148,9 @@ def _extract(
         renames=state.get(RENAMES_STATE_KEY),
     )
     stats.column_types = builder.types
+    if DELETED_COLUMN not in builder.types:
+        builder.types[DELETED_COLUMN] = TIMESTAMP
+        builder.new_hints[DELETED_COLUMN] = {**TIMESTAMP.hints(), "nullable": True}
     # dlt's own resources keep their own incremental state; the fast path keeps ours.
     incremental = None if via_dlt is not None else endpoint.get("incremental")
     params: dict[str, Any] = {}
@@ -205,6 +212,14 @@ def _extract(
             state[RENAMES_STATE_KEY] = dict(builder.renamed)
     stats.seconds = time.monotonic() - started
     stats.duplicate_keys = _duplicates(stats)
+    # Complete: no filter, the total did not move while paging, every record had its id. Only
+    # then may ids missing from this read be taken as deleted in the CRM.
+    stats.complete = (
+        not params
+        and stats.total == stats.first_total
+        and not stats.null_keys
+        and bool(primary_key)
+    )
     _report_drift(transport, name, stats.drift)
     if incremental and newest is not None:
         if stats.total != stats.first_total:
@@ -294,7 +309,10 @@ def _to_table(
             table = table.filter(pc.is_valid(keys))
             keys = table[key]
         stats.key_chunks.extend(keys.chunks)
-    return table
+    # Every row read now is live: a row marked deleted before and served again is unmarked.
+    return table.append_column(
+        DELETED_COLUMN, pa.nulls(table.num_rows, pa.timestamp("us", tz="UTC"))
+    )
 
 
 def _duplicates(stats: ResourceStats) -> int:
@@ -303,6 +321,7 @@ def _duplicates(stats: ResourceStats) -> int:
         return 0
     keys = pa.chunked_array(stats.key_chunks)
     stats.key_chunks = []
+    stats.seen_keys = keys
     return len(keys) - pc.count_distinct(keys).as_py()
 
 

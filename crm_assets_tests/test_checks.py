@@ -29,7 +29,7 @@ def test_every_check_passes_on_good_data(workspace: Workspace, simulator: CRMSim
     expected = {
         f"crm/{n}:{c}"
         for n in resource_names()
-        for c in ("primary_key", ROW_COUNT, "schema_drift", "column_schema_change")
+        for c in ("primary_key", ROW_COUNT, "schema_drift", "column_schema_change", "deletes")
     }
     expected |= {f"crm/{n}:references" for n in ("contacts", "cases", "leads", "opportunities")}
     assert set(results) == expected

@@ -84,6 +84,12 @@ def test_definitions_surface_without_secrets(tmp_path: Path) -> None:
             "tz": "UTC",
             "status": "RUNNING",
         },
+        "crm_reconcile_schedule": {
+            "cron": "0 3 * * 0",
+            "job": "crm_sync",
+            "tz": "UTC",
+            "status": "RUNNING",
+        },
         "crm_checks_schedule": {
             "cron": "30 * * * *",
             "job": "crm_checks",
@@ -95,6 +101,7 @@ def test_definitions_surface_without_secrets(tmp_path: Path) -> None:
     every = (
         "column_schema_change",
         "dagster_row_count_bounds_check",
+        "deletes",
         "primary_key",
         "schema_drift",
     )

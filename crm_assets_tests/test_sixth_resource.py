@@ -92,6 +92,7 @@ def test_a_sixth_resource_is_data_alone(workspace: Workspace, simulator: CRMSimu
         "dagster_row_count_bounds_check",
         "schema_drift",
         "column_schema_change",
+        "deletes",
         "references",
     }
 
@@ -120,5 +121,6 @@ def test_a_sixth_resource_is_data_alone(workspace: Workspace, simulator: CRMSimu
         "dagster_row_count_bounds_check": True,
         "schema_drift": True,
         "column_schema_change": True,
+        "deletes": True,
         "references": True,
     }
