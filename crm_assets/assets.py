@@ -303,7 +303,7 @@ def build_crm_assets(
                             pipeline,
                             name,
                             translator.primary_keys[name],
-                            stats.seen_keys.to_pylist() if stats.seen_keys is not None else [],
+                            stats.seen_keys,
                             delete_mode,
                             delete_share,
                         )

@@ -18,6 +18,8 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+import pyarrow as pa
+import pyarrow.compute as pc
 from dlt.destinations.exceptions import DatabaseUndefinedRelation
 from dlt.pipeline.pipeline import Pipeline
 
@@ -50,7 +52,7 @@ def apply_deletes(
     pipeline: Pipeline,
     table: str,
     key_column: str,
-    seen: Iterable[Any],
+    seen: pa.ChunkedArray | None,
     mode: DeleteMode,
     max_share: float,
 ) -> int:
@@ -58,24 +60,35 @@ def apply_deletes(
     Returns how many; raises `MassDeleteRefused`, having changed nothing, past `max_share`."""
     if mode == "off":
         return 0
+    # Every key read is now a live row (the merge just loaded it), so the live rows beyond the
+    # distinct keys read are the deleted ones: counted first, fetched only when there are any.
+    distinct_seen = pc.count_distinct(seen).as_py() if seen is not None and len(seen) else 0
     with pipeline.sql_client() as client:
         qualified = client.make_qualified_table_name(table)
         key = client.escape_column_name(key_column)
         deleted = client.escape_column_name(DELETED_COLUMN)
         try:
-            live_rows = client.execute_sql(f"SELECT {key} FROM {qualified} WHERE {deleted} IS NULL")
-            total = client.execute_sql(f"SELECT count(*) FROM {qualified}")[0][0]
+            live, total = client.execute_sql(
+                f"SELECT count(*) FILTER (WHERE {deleted} IS NULL), count(*) FROM {qualified}"
+            )[0]
         except DatabaseUndefinedRelation:
             return 0  # nothing loaded yet: nothing to mark
-        gone = sorted({row[0] for row in live_rows or []} - set(seen), key=str)
-        if not gone:
+        count = int(live) - distinct_seen
+        if count <= 0:
             return 0
-        if len(gone) > max_share * total:
+        if count > max_share * total:
             raise MassDeleteRefused(
-                f"{table}: a complete read would mark {len(gone):,} of {total:,} rows deleted, "
+                f"{table}: a complete read would mark {count:,} of {total:,} rows deleted, "
                 f"more than CRM_MAX_DELETE_SHARE={max_share:g} of the table; nothing was marked. "
                 "If the CRM really lost them, raise CRM_MAX_DELETE_SHARE for one run"
             )
+        rows = client.execute_sql(f"SELECT {key} FROM {qualified} WHERE {deleted} IS NULL")
+        live_keys = pa.array([row[0] for row in rows or []])
+        if seen is not None and len(seen):
+            live_keys = live_keys.filter(
+                pc.invert(pc.is_in(live_keys, value_set=seen.combine_chunks()))
+            )
+        gone = live_keys.to_pylist()
         now = datetime.now(UTC).isoformat()
         for chunk in _chunks(gone):
             ids = ", ".join(_literal(v) for v in chunk)
