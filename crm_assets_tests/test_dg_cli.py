@@ -39,7 +39,7 @@ from crm_simulator import CRMSimulator
 DG = BIN / "dg"
 ASSET_KEYS = {f"crm/{name}" for name in resource_names()}
 JOBS = {"crm_sync", "crm_checks"}
-SCHEDULES = {"crm_sync_schedule", "crm_checks_schedule"}
+SCHEDULES = {"crm_sync_schedule", "crm_reconcile_schedule", "crm_checks_schedule"}
 
 
 def dg(*args: str, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:

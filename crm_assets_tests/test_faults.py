@@ -359,7 +359,7 @@ def test_high_fault_sync_through_the_cli_then_401_and_refused(
 
 
 def test_fault_drill_prints_exact_counts_no_duplicates_and_no_secrets(tmp_path: Path) -> None:
-    rows = run_drill(rate=0.3, scale=0.4, seed=3, root=tmp_path, locations=("header",))
+    rows = run_drill(rate=0.3, scale=0.2, seed=3, root=tmp_path, locations=("header",))
     table = format_table(rows)
     print(table)
     assert len(rows) == 5
