@@ -15,7 +15,7 @@ import socket
 from collections.abc import Iterator
 
 import pytest
-from dagster._serdes import serialize_value
+from dagster import serialize_value
 
 from crm_assets.api import resource_names
 from crm_assets_tests.conftest import ACCESS_KEY, API_KEY, SMALL_COUNTS, Workspace

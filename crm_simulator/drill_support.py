@@ -154,7 +154,7 @@ def open_instance(dagster_home: Path) -> Any:
 def run_event_dump(dagster_home: Path, run_id: str | None = None) -> list[tuple[str, str]]:
     """Every stored event of a run (the latest one by default), serialized the way Dagster stores
     it: messages, metadata, errors with their causes, contexts and stack traces."""
-    from dagster._serdes import serialize_value
+    from dagster import serialize_value
 
     with open_instance(dagster_home) as instance:
         if run_id is None:
