@@ -212,10 +212,12 @@ def _extract(
             state[RENAMES_STATE_KEY] = dict(builder.renamed)
     stats.seconds = time.monotonic() - started
     stats.duplicate_keys = _duplicates(stats)
-    # Complete: no filter, the total did not move while paging, every record had its id. Only
-    # then may ids missing from this read be taken as deleted in the CRM.
+    # Complete: the fast path with no filter, the total did not move while paging, every record
+    # had its id. Only then may ids missing from this read be taken as deleted in the CRM. (An
+    # entry read through dlt may filter, page or derive its records in ways this cannot see.)
     stats.complete = (
-        not params
+        via_dlt is None
+        and not params
         and stats.total == stats.first_total
         and not stats.null_keys
         and bool(primary_key)
