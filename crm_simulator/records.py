@@ -352,13 +352,6 @@ def _money(r: Callable[[], float], max_cents: int) -> float:
 
 # Each gen_<x> wraps <x>_record, which also returns the created (cases: opened) epoch: the other
 # profiles (profiles.py) derive further timestamps from it without parsing them back.
-def gen_customer(
-    rng: random.Random, rid: int, lo: int, hi: int, refs: Refs
-) -> tuple[dict[str, Any], int]:
-    rec, _created, updated = customer_record(rng, rid, lo, hi, refs)
-    return rec, updated
-
-
 def customer_record(
     rng: random.Random, rid: int, lo: int, hi: int, refs: Refs
 ) -> tuple[dict[str, Any], int, int]:
@@ -399,13 +392,6 @@ def customer_record(
     return rec, created, updated
 
 
-def gen_contact(
-    rng: random.Random, rid: int, lo: int, hi: int, refs: Refs
-) -> tuple[dict[str, Any], int]:
-    rec, _created, updated = contact_record(rng, rid, lo, hi, refs)
-    return rec, updated
-
-
 def contact_record(
     rng: random.Random, rid: int, lo: int, hi: int, refs: Refs
 ) -> tuple[dict[str, Any], int, int]:
@@ -436,13 +422,6 @@ def contact_record(
         "updated_at": iso(updated),
     }
     return rec, created, updated
-
-
-def gen_case(
-    rng: random.Random, rid: int, lo: int, hi: int, refs: Refs
-) -> tuple[dict[str, Any], int]:
-    rec, _opened, updated = case_record(rng, rid, lo, hi, refs)
-    return rec, updated
 
 
 def case_record(
@@ -483,13 +462,6 @@ def case_record(
     return rec, opened, updated
 
 
-def gen_lead(
-    rng: random.Random, rid: int, lo: int, hi: int, refs: Refs
-) -> tuple[dict[str, Any], int]:
-    rec, _created, updated = lead_record(rng, rid, lo, hi, refs)
-    return rec, updated
-
-
 def lead_record(
     rng: random.Random, rid: int, lo: int, hi: int, refs: Refs
 ) -> tuple[dict[str, Any], int, int]:
@@ -515,13 +487,6 @@ def lead_record(
         "updated_at": iso(updated),
     }
     return rec, created, updated
-
-
-def gen_opportunity(
-    rng: random.Random, rid: int, lo: int, hi: int, refs: Refs
-) -> tuple[dict[str, Any], int]:
-    rec, _created, updated = opportunity_record(rng, rid, lo, hi, refs)
-    return rec, updated
 
 
 def opportunity_record(
@@ -613,12 +578,25 @@ def note_records(
     return out
 
 
+def _with_updated(record: Callable[..., tuple[dict[str, Any], int, int]]) -> Generator:
+    """A generator for the store: the record and its updated_at (its created time is for the
+    profiles that derive other fields from it)."""
+
+    def generate(
+        rng: random.Random, rid: int, lo: int, hi: int, refs: Refs
+    ) -> tuple[dict[str, Any], int]:
+        rec, _created, updated = record(rng, rid, lo, hi, refs)
+        return rec, updated
+
+    return generate
+
+
 GENERATORS: Mapping[str, Generator] = {
-    "customers": gen_customer,
-    "contacts": gen_contact,
-    "cases": gen_case,
-    "leads": gen_lead,
-    "opportunities": gen_opportunity,
+    "customers": _with_updated(customer_record),
+    "contacts": _with_updated(contact_record),
+    "cases": _with_updated(case_record),
+    "leads": _with_updated(lead_record),
+    "opportunities": _with_updated(opportunity_record),
 }
 
 
