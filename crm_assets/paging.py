@@ -27,6 +27,9 @@ class PageCounters:
     records: int = 0
     total: int | None = None
     first_total: int | None = None  # the total the first page gave, before any change
+    # A page reported another total than the first: records were added or deleted while we
+    # paged, offsets shifted, and a record may have been skipped. Also true when it went down.
+    total_changed: bool = False
 
 
 def iter_pages(
@@ -132,11 +135,13 @@ def _fetch_concurrently(
             if not window:
                 return
             body = window.popleft().result()
-            # Records added while we page push the total up: fetch the new tail too.
             newer = total_of(body)
+            if newer is not None and newer != stats.total:
+                stats.total = newer
+                stats.total_changed = True
+            # Records added while we page push the total up: fetch the new tail too.
             if newer is not None and newer > planned_end:
                 planned_end = newer
-                stats.total = newer
             records = select(body)
             if records:
                 yield records

@@ -148,9 +148,7 @@ def _extract(
         renames=state.get(RENAMES_STATE_KEY),
     )
     stats.column_types = builder.types
-    if DELETED_COLUMN not in builder.types:
-        builder.types[DELETED_COLUMN] = TIMESTAMP
-        builder.new_hints[DELETED_COLUMN] = {**TIMESTAMP.hints(), "nullable": True}
+    builder.add_column(DELETED_COLUMN, TIMESTAMP)
     # dlt's own resources keep their own incremental state; the fast path keeps ours.
     incremental = None if via_dlt is not None else endpoint.get("incremental")
     params: dict[str, Any] = {}
@@ -212,21 +210,23 @@ def _extract(
             state[RENAMES_STATE_KEY] = dict(builder.renamed)
     stats.seconds = time.monotonic() - started
     stats.duplicate_keys = _duplicates(stats)
-    # Complete: the fast path with no filter, the total did not move while paging, every record
-    # had its id. Only then may ids missing from this read be taken as deleted in the CRM. (An
+    # Complete: the fast path with no filter, a total the CRM reported (or one page) that did not
+    # move while paging, every record had its id. Only then may ids missing from this read be
+    # taken as deleted in the CRM. (Without a total a shift while paging cannot be seen, and an
     # entry read through dlt may filter, page or derive its records in ways this cannot see.)
     stats.complete = (
         via_dlt is None
         and not params
-        and stats.total == stats.first_total
+        and stats.total is not None
+        and not stats.paging.total_changed
         and not stats.null_keys
         and bool(primary_key)
     )
     _report_drift(transport, name, stats.drift)
     if incremental and newest is not None:
-        if stats.total != stats.first_total:
-            # Records joined the result while we paged concurrently, shifting offsets under us:
-            # one may have been skipped. Keep the cursor so the next sync reads them again.
+        if stats.paging.total_changed:
+            # Records joined or left the result while we paged concurrently, shifting offsets
+            # under us: one may have been skipped. Keep the cursor so the next sync reads again.
             transport.log.warning(
                 f"{name}: {stats.first_total} -> {stats.total} records changed while paging; "
                 f"the cursor stays at {stats.cursor_start}"
