@@ -527,9 +527,7 @@ class TableBuilder:
         out: list[tuple[str, pa.Array]] = []
         for kind, positions in by_kind.items():
             name = variant_name(column, kind)
-            if name not in self.types:
-                self.types[name] = kind
-                self.new_hints[name] = {**kind.hints(), "nullable": True}
+            self.add_column(name, kind)
             chosen = [None] * len(values)
             for position in positions:
                 chosen[position] = values[position]
@@ -537,6 +535,13 @@ class TableBuilder:
             array, _ = convert(chosen, kind)
             out.append((name, array))
         return out
+
+    def add_column(self, column: str, kind: ColumnType) -> None:
+        """A nullable column no API field maps to (a variant, or one the pipeline adds), typed
+        once: an existing column keeps its type."""
+        if column not in self.types:
+            self.types[column] = kind
+            self.new_hints[column] = {**kind.hints(), "nullable": True}
 
     def take_new_hints(self) -> dict[str, dict[str, Any]]:
         """Column hints for dlt of the columns typed since the last call."""
