@@ -6,6 +6,7 @@ the real source from the `CRMCredentials` resource and hands it to `DagsterDltRe
 
 import gc
 import time
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -258,6 +259,7 @@ def build_crm_assets(
         try:
             connection = crm_credentials.connection(api_config.get("client"))
             policy = crm_requests.policy()
+            chunking = crm_warehouse.chunking()
             delete_mode, delete_share = crm_warehouse.delete_mode(), crm_warehouse.delete_share()
         except CRMConfigError as exc:
             raise Failure(description=str(exc), allow_retries=False) from None
@@ -271,27 +273,43 @@ def build_crm_assets(
                 CRMTransport(connection, policy, log=context.log) as transport,
             ):
                 stats_of: dict[str, ResourceStats] = {}
-                source = crm_source(
-                    transport, api_config, full_refresh=config.full_refresh, stats=stats_of
-                )
-                results = list(
-                    dlt.run(
+                rows_loaded: Counter[str] = Counter()
+                rounds = 0
+                results: dict[Any, MaterializeResult] = {}
+                refresh = {"refresh": "drop_resources"} if config.rebuild else {}
+                # One dlt load per round: a long read stops at each chunk's end (its position
+                # lands with its rows, in dlt's state) and the next round goes on from there.
+                while rounds == 0 or any(s.more for s in stats_of.values()):
+                    source = crm_source(
+                        transport,
+                        api_config,
+                        full_refresh=config.full_refresh,
+                        stats=stats_of,
+                        chunking=chunking,
+                    )
+                    if rounds:  # the reads that stopped at a chunk's end, and only those
+                        source = source.with_resources(
+                            *[name for name, stats in stats_of.items() if stats.more]
+                        )
+                    for result in dlt.run(
                         context=context,
                         dlt_source=source,
                         dlt_pipeline=pipeline,
                         dagster_dlt_translator=translator,
                         loader_file_format=LOADER_FILE_FORMAT,
-                        **({"refresh": "drop_resources"} if config.rebuild else {}),
-                    )
-                )
+                        **refresh,
+                    ):
+                        results[result.asset_key] = result  # a later round's is the newer
+                    rounds += 1
+                    refresh = {}  # a rebuild drops the tables before the first round only
+                    trace = pipeline.last_trace
+                    if trace.last_normalize_info:
+                        rows_loaded.update(trace.last_normalize_info.row_counts)
             seconds = time.monotonic() - started
-            trace = pipeline.last_trace
-            row_counts = trace.last_normalize_info.row_counts if trace.last_normalize_info else {}
-            load_info = trace.last_load_info
+            load_info = pipeline.last_trace.last_load_info
             load_id = load_info.loads_ids[-1] if load_info and load_info.loads_ids else None
             failures: list[CRMError] = []
-            for result in results:
-                key = result.asset_key
+            for key, result in results.items():
                 name = key.path[-1] if key else ""
                 stats = stats_of.get(name, ResourceStats())
                 if stats.failure:
@@ -315,18 +333,19 @@ def build_crm_assets(
                             f"{'removed' if delete_mode == 'hard' else 'marked deleted'}"
                         )
                 if stats.null_keys:
+                    read = stats.earlier_records + stats.records
                     # Loaded, but not whole: the rest of the resource is in, and the run fails.
                     pk = translator.primary_keys.get(name, "id")
                     failures.append(
                         CRMError(
-                            f"{name}: {stats.null_keys:,} of {stats.records:,} records have no "
-                            f"{pk}; loaded {stats.records - stats.null_keys:,}"
+                            f"{name}: {stats.null_keys:,} of {read:,} records have no "
+                            f"{pk}; loaded {read - stats.null_keys:,}"
                         )
                     )
                 metadata = {
                     **(result.metadata or {}),
                     **_sync_metadata(
-                        stats, row_counts.get(name, 0), _row_count(pipeline, name), seconds, load_id
+                        stats, rows_loaded[name], _row_count(pipeline, name), seconds, load_id
                     ),
                 }
                 schema = loaded_table_schema(

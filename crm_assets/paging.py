@@ -5,6 +5,13 @@ page has told the total, the other pages are fetched concurrently on the transpo
 yielded in offset order. Without a total, pages are read one after another up to the first empty
 one. A resource without a paginator is one page. Entries of other shapes go through dlt's own
 rest_api machinery (rest_api_path.py).
+
+A read can start where an earlier one stopped (`Position`, kept in dlt's state by source.py).
+Offsets shift when the CRM inserts or deletes records in front of that point, so the offset alone
+is not trusted: the read goes on after the last record loaded (the anchor), wherever it now is,
+looked for on the pages around its old offset. If it is not found there, the read starts over
+from the first page. Either way nothing is skipped; a few records may be read twice, which the
+merge absorbs.
 """
 
 from __future__ import annotations
@@ -30,6 +37,23 @@ class PageCounters:
     # A page reported another total than the first: records were added or deleted while we
     # paged, offsets shifted, and a record may have been skipped. Also true when it went down.
     total_changed: bool = False
+    position: int = 0  # offset in the listing just after the last record yielded
+    step: int = 0  # records per page, as the server pages
+    cut: bool = False  # stopped at `chunk_records`, with more to read
+    anchor_lost: bool = False  # a resumed read had to start over: it is not cut again
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where an earlier read stopped: `offset` records of the listing were loaded, read `step`
+    records per page; the last of them with a key (its `key` field) was `anchor`, at offset
+    `anchor_offset`."""
+
+    offset: int
+    anchor: Any
+    anchor_offset: int
+    key: str
+    step: int
 
 
 def iter_pages(
@@ -38,8 +62,13 @@ def iter_pages(
     endpoint: Mapping[str, Any],
     params: Mapping[str, Any] | None = None,
     stats: PageCounters | None = None,
+    resume: Position | None = None,
+    chunk_records: int | None = None,
 ) -> Iterator[list[dict[str, Any]]]:
-    """Yield the record lists of every page of one endpoint of `CRM_API`, in offset order."""
+    """Yield the record lists of every page of one endpoint of `CRM_API`, in offset order, from
+    the start or from just after `resume`; `stats.position` follows the pages yielded. With
+    `chunk_records`, no page is asked for beyond that many records from where the read started
+    (`stats.cut` says there was more)."""
     path = endpoint["path"]
     selector = endpoint.get("data_selector")
     base = {**(endpoint.get("params") or {}), **(params or {})}
@@ -57,6 +86,7 @@ def iter_pages(
         body = transport.get(resource, path, base, selector)
         records = select(body)
         stats.total = stats.first_total = len(records)
+        stats.position = len(records)
         announced = body.get("total") if isinstance(body, dict) else None
         if isinstance(announced, int) and announced > len(records):
             # The config says one page, the API says there is more: load what came, and
@@ -84,25 +114,117 @@ def iter_pages(
         value = body.get(total_path) if isinstance(body, dict) and total_path else None
         return value if isinstance(value, int) and not isinstance(value, bool) else None
 
-    first = transport.get(resource, path, page_params(0), selector)
-    records = select(first)
-    total = total_of(first)
-    stats.total = stats.first_total = total
-    yield records
+    def fetch(offset: int) -> tuple[list[dict[str, Any]], int | None]:
+        body = transport.get(resource, path, page_params(offset), selector)
+        return select(body), total_of(body)
+
+    def note_total(total: int | None) -> None:
+        if total is None:
+            return
+        if stats.first_total is None:
+            stats.first_total = total
+        if stats.total is not None and total != stats.total:
+            stats.total_changed = True
+        stats.total = total
+
+    start = None if resume is None else _find_anchor(resume, fetch, stats, transport, resource)
+    stats.anchor_lost = resume is not None and start is None
+    # Once started over, the rest is read in one go: a listing that keeps moving under its
+    # anchor would otherwise be started over chunk after chunk.
+    until = (
+        (resume.offset if start else 0) + chunk_records
+        if chunk_records and not stats.anchor_lost
+        else None
+    )
+    stats.cut = False
+    if start is None:
+        records, total = fetch(0)
+        note_total(total)
+        # A server may cap the page below our limit; its first page says by how much.
+        n = len(records)
+        step = n if total is not None and 0 < n < min(limit, total) else limit
+        stats.position = n
+    else:
+        stats.position, records, total = start
+        note_total(total)
+        step = resume.step  # type: ignore[union-attr]
+    stats.step = step
+    if records:
+        yield records
     if total is None:
         # Without a total the only safe end is an empty page: step by what each page held.
-        offset = len(records)
-        while records:
-            records = select(transport.get(resource, path, page_params(offset), selector))
-            offset += len(records)
+        # A resumed read may have yielded nothing yet (the anchor ended its page): it goes on.
+        ended = start is None and not records
+        while not ended:
+            if until is not None and stats.position >= until:
+                stats.cut = True
+                return
+            records, _ = fetch(stats.position)
+            stats.position += len(records)
+            ended = not records
             if records:
                 yield records
         return
-    # A server may cap the page below our limit; its first page says by how much.
-    step = len(records) if 0 < len(records) < min(limit, total) else limit
     yield from _fetch_concurrently(
-        transport, resource, path, selector, step, total, page_params, select, total_of, stats
+        transport,
+        resource,
+        path,
+        selector,
+        step,
+        stats.position,
+        total,
+        until,
+        page_params,
+        select,
+        total_of,
+        stats,
     )
+
+
+def _find_anchor(
+    resume: Position,
+    fetch: Callable[[int], tuple[list[dict[str, Any]], int | None]],
+    stats: PageCounters,
+    transport: CRMTransport,
+    resource: str,
+) -> tuple[int, list[dict[str, Any]], int | None] | None:
+    """Where to go on after `resume`: the next offset to fetch, the records after the anchor on
+    the page it was found in, and the total; None when the anchor is lost (read from the start).
+
+    The anchor is looked for on the page that ends with it and on the page after it: records
+    deleted in front of it move it back, inserted ones forward. That costs one page per resume,
+    and keeps the pages where they were. Anywhere but its old place, the
+    listing shifted since the earlier read; records inserted in the part already loaded were not
+    read, so the read is marked as one whose listing changed (it does not count as complete).
+    """
+    if resume.anchor is None:
+        # Not one record read so far had its key: go on from the offset, unverified.
+        records, total = fetch(resume.offset)
+        stats.total_changed = True
+        return resume.offset + len(records), records, total
+    for look in (max(0, resume.anchor_offset + 1 - resume.step), resume.anchor_offset + 1):
+        records, total = fetch(look)
+        keys = [record.get(resume.key) for record in records]
+        if resume.anchor in keys:
+            i = keys.index(resume.anchor)
+            # Read again only to find the anchor; records after it that were loaded already
+            # (without a key of their own) are read twice.
+            stats.records -= i + 1
+            if look + i != resume.anchor_offset:
+                stats.total_changed = True
+                transport.log.info(
+                    f"{resource}: the record loaded last moved from offset "
+                    f"{resume.anchor_offset:,} to {look + i:,} since; going on after it"
+                )
+            return look + len(records), records[i + 1 :], total
+        stats.records -= len(records)
+        if not records:
+            break
+    transport.log.warning(
+        f"{resource}: the record loaded last (offset {resume.anchor_offset:,}) is no longer where "
+        "it was; reading from the start so that nothing is skipped"
+    )
+    return None
 
 
 def _fetch_concurrently(
@@ -111,30 +233,37 @@ def _fetch_concurrently(
     path: str,
     selector: str | None,
     step: int,
+    next_offset: int,
     total: int,
+    until: int | None,
     page_params: Callable[[int], dict[str, Any]],
     select: Callable[[Any], list[dict[str, Any]]],
     total_of: Callable[[Any], int | None],
     stats: PageCounters,
 ) -> Iterator[list[dict]]:
-    window: deque[Future[Any]] = deque()
-    next_offset = step
+    window: deque[tuple[int, Future[Any]]] = deque()
     planned_end = total
     try:
         while True:
             # Pages are yielded in order, so a page waiting out a Retry-After would idle every
             # worker if only `concurrency` pages were queued; a deeper queue keeps them busy
             # (the pool still bounds the requests in flight).
-            while next_offset < planned_end and len(window) < 4 * transport.policy.concurrency:
+            end = planned_end if until is None else min(planned_end, until)
+            while next_offset < end and len(window) < 4 * transport.policy.concurrency:
                 window.append(
-                    transport.submit(
-                        transport.get, resource, path, page_params(next_offset), selector
+                    (
+                        next_offset,
+                        transport.submit(
+                            transport.get, resource, path, page_params(next_offset), selector
+                        ),
                     )
                 )
                 next_offset += step
             if not window:
+                stats.cut = end < planned_end
                 return
-            body = window.popleft().result()
+            offset, future = window.popleft()
+            body = future.result()
             newer = total_of(body)
             if newer is not None and newer != stats.total:
                 stats.total = newer
@@ -144,7 +273,8 @@ def _fetch_concurrently(
                 planned_end = newer
             records = select(body)
             if records:
+                stats.position = offset + len(records)
                 yield records
     finally:
-        for future in window:
-            future.cancel()
+        for _, pending in window:
+            pending.cancel()

@@ -21,6 +21,7 @@ from pydantic import Field
 from crm_assets.api import API_KEY_PARAM, DEFAULT_BASE_URL
 from crm_assets.deletes import DELETE_MODES, DeleteMode
 from crm_assets.errors import CRMConfigError
+from crm_assets.source import Chunking
 from crm_assets.transport import CRMConnection, RequestPolicy
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -142,8 +143,15 @@ class CRMCredentials(ConfigurableResource):
         )
 
 
-def _number(value: float | None, env: str, default: float, cast: Callable[[str], float]) -> Any:
-    """A positive number: the resource's field, else the environment variable, else `default`."""
+def _number(
+    value: float | None,
+    env: str,
+    default: float,
+    cast: Callable[[str], float],
+    zero_ok: bool = False,
+) -> Any:
+    """A positive number (or zero, where that turns something off): the resource's field, else
+    the environment variable, else `default`."""
     if value is not None:
         raw: Any = value
     else:
@@ -154,8 +162,9 @@ def _number(value: float | None, env: str, default: float, cast: Callable[[str],
         number = cast(raw)
     except ValueError:
         raise CRMConfigError(f"{env} must be a number, got {raw!r}") from None
-    if number <= 0:
-        raise CRMConfigError(f"{env} must be greater than zero, got {raw!r}")
+    if number < 0 or (number == 0 and not zero_ok):
+        least = "zero or more" if zero_ok else "greater than zero"
+        raise CRMConfigError(f"{env} must be {least}, got {raw!r}")
     return number
 
 
@@ -238,6 +247,17 @@ class CRMWarehouse(ConfigurableResource):
         description="Largest share of a table one read may mark deleted; beyond it nothing is "
         "marked and the run fails (CRM_MAX_DELETE_SHARE, default 0.5).",
     )
+    chunk_records: int | None = Field(
+        default=None,
+        description="A long read lands what it fetched after this many records of one resource "
+        "and remembers where it was, so a run that stops goes on from there the next time "
+        "(CRM_CHUNK_RECORDS, default 50000; 0: no limit by count).",
+    )
+    chunk_seconds: float | None = Field(
+        default=None,
+        description="Or after this many seconds of reading one resource, whichever comes first "
+        "(CRM_CHUNK_SECONDS, default 300; 0: no limit by time).",
+    )
     sync_lock_timeout: float | None = Field(
         default=None,
         description="Seconds a sync waits for another one on the same warehouse to finish "
@@ -257,6 +277,13 @@ class CRMWarehouse(ConfigurableResource):
         if share > 1:
             raise CRMConfigError(f"CRM_MAX_DELETE_SHARE must be at most 1, got {share!r}")
         return float(share)
+
+    def chunking(self) -> Chunking:
+        d = Chunking()
+        return Chunking(
+            records=_number(self.chunk_records, "CRM_CHUNK_RECORDS", d.records, int, True),
+            seconds=_number(self.chunk_seconds, "CRM_CHUNK_SECONDS", d.seconds, float, True),
+        )
 
     def destination_name(self) -> str:
         return _setting(self.destination, "CRM_DESTINATION", "duckdb") or "duckdb"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator, Mapping
+from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -24,7 +25,7 @@ from crm_assets.api import CRM_API
 from crm_assets.conversion import TIMESTAMP, ColumnType, Drift, KeyTypeChanged, TableBuilder
 from crm_assets.deletes import DELETED_COLUMN
 from crm_assets.errors import CRMAPIError, CRMConfigError, CRMError
-from crm_assets.paging import PageCounters, iter_pages
+from crm_assets.paging import PageCounters, Position, iter_pages
 from crm_assets.rest_api_path import (
     SecretScrubber,
     client_gap,
@@ -38,6 +39,21 @@ SOURCE_NAME = "crm"
 BATCH_ROWS = 10_000  # rows per Arrow table handed to dlt: large enough to amortise, small in RAM
 PROGRESS_EVERY_S = 5.0
 RENAMES_STATE_KEY = "renamed_fields"
+RESUME_STATE_KEY = "resume"
+
+
+@dataclass(frozen=True)
+class Chunking:
+    """When a long read lands what it has fetched so far: after `records` records or `seconds`
+    seconds of one resource, whichever comes first (0 turns either off). Each chunk is one dlt
+    load, and where it ended is kept in dlt's state with it, so a run that stops later loses at
+    most the chunk in flight: the next run goes on from there (see paging.Position)."""
+
+    records: int = 50_000
+    seconds: float = 300.0
+
+    def time_is_up(self, seconds: float) -> bool:
+        return 0 < self.seconds <= seconds
 
 
 @dataclass
@@ -60,6 +76,13 @@ class ResourceStats:
     seen_keys: Any = None  # every key this sync read (an Arrow array), once it is complete
     complete: bool = False  # every record of the resource was read, so absent ids are deletes
     rows_deleted: int = 0
+    more: bool = False  # the read stopped at a chunk's end: land it, then read on
+    chunks: int = 0  # chunks landed before the last one, in this run
+    resumed_at: int | None = None  # the offset an earlier, stopped run had loaded up to
+    earlier_records: int = 0  # records that earlier run read
+    last_key: Any = None  # key of the last record read that has one: a chunk's anchor
+    last_key_offset: int = -1
+    first_page_rows: int = 0
 
     @property
     def pages(self) -> int:
@@ -128,6 +151,7 @@ def _extract(
     primary_key: str | None,
     full_refresh: bool = False,
     via_dlt: DltResource | None = None,
+    chunking: Chunking | None = None,
 ) -> Iterator[Any]:
     """All records of one resource as typed Arrow tables. A failure ends this resource only: it
     is recorded in its stats, and the other resources of the same run carry on.
@@ -137,6 +161,11 @@ def _extract(
     (stored with the data at the destination, so it survives a new machine). The first sync, a
     full refresh, and a CRM that refuses the filter read everything. The cursor moves only when
     the whole resource was read, so a failed or interrupted sync is repeated from the same point.
+
+    With `chunking`, a long read of the fast path stops at a chunk's end and keeps its position
+    in dlt's state; the caller lands the chunk and runs the source again, and this resource goes
+    on from that position, in this run or, if this one stopped, in the next (`stats.more` says
+    there is more to read).
     """
     state = dlt.current.resource_state()
     builder = TableBuilder(
@@ -149,25 +178,54 @@ def _extract(
     )
     stats.column_types = builder.types
     builder.add_column(DELETED_COLUMN, TIMESTAMP)
-    # dlt's own resources keep their own incremental state; the fast path keeps ours.
+    # dlt's own resources keep their own incremental state and are read in one go; the fast path
+    # keeps ours, and lands long reads in chunks.
     incremental = None if via_dlt is not None else endpoint.get("incremental")
+    # Only offset pages can be gone on from; a one-page resource is read whole.
+    if via_dlt is not None or not isinstance(endpoint.get("paginator"), Mapping):
+        chunking = None
+    checkpoint = _checkpoint(transport, state, stats, name, full_refresh, chunking is not None)
+    continuing, stats.more = stats.more, False
     params: dict[str, Any] = {}
-    if incremental:
+    if checkpoint is not None:
+        params = dict(checkpoint["params"])
+        stats.cursor_start = checkpoint["cursor_start"]
+    elif incremental:
         saved = None if full_refresh else state.get("cursor")
         stats.cursor_start = saved
         if saved is not None:
             params[incremental["start_param"]] = saved
-    newest: Any = None
+    resume = (
+        Position(
+            checkpoint["offset"],
+            checkpoint["anchor"],
+            checkpoint["anchor_offset"],
+            str(primary_key),
+            checkpoint["step"],
+        )
+        if checkpoint is not None
+        else None
+    )
+    newest: Any = checkpoint["newest"] if checkpoint is not None else None
+    floor: Any = checkpoint["floor"] if checkpoint is not None else None
     started = time.monotonic()
 
     def _pages() -> Iterator[list[dict[str, Any]]]:
         if via_dlt is None:
-            return iter_pages(transport, name, endpoint, params, stats.paging)
+            return iter_pages(
+                transport,
+                name,
+                endpoint,
+                params,
+                stats.paging,
+                resume,
+                chunking.records if chunking is not None else None,
+            )
         return _counted(dlt_pages(via_dlt, transport.connection), stats.paging)
 
     try:
         try:
-            tables = _tables(transport, name, _pages(), builder, stats, primary_key)
+            tables = _tables(transport, name, _pages(), builder, stats, primary_key, chunking)
             first = next(tables, None)
         except CRMAPIError as exc:
             if not (params and exc.status == 400):
@@ -179,13 +237,15 @@ def _extract(
                 "reading every record instead. Remove `incremental` from this resource in "
                 "declared_schema.yaml, or run crm-discover, to stop asking"
             )
-            params = {}
+            params, resume, newest, floor = {}, None, None, None
             stats.paging = PageCounters()
-            tables = _tables(transport, name, _pages(), builder, stats, primary_key)
+            tables = _tables(transport, name, _pages(), builder, stats, primary_key, chunking)
             first = next(tables, None)
         if first is not None:
-            for table in _chain(first, tables):
-                newest = _newest(table, incremental, builder, newest)
+            for n, table in enumerate(_chain(first, tables)):
+                if n == 0 and resume is None and not continuing:
+                    floor = _newest(table.slice(0, stats.first_page_rows), incremental, builder)
+                newest = _later(newest, _newest(table, incremental, builder))
                 hints = builder.take_new_hints()
                 yield (
                     dlt.mark.with_hints(table, dlt.mark.make_hints(columns=hints))
@@ -202,21 +262,38 @@ def _extract(
         return
     except CRMError as exc:
         stats.failure = exc
+        stats.more = False
         transport.log.warning(f"{name}: extraction stopped: {exc}")
+        if chunking is not None and stats.last_key_offset >= 0:
+            # What was read before the failure lands with this run: the next one goes on after.
+            state[RESUME_STATE_KEY] = _checkpoint_at(stats, params, newest, floor)
         return
     finally:
         stats.drift = builder.drift()
         if builder.renamed:
             state[RENAMES_STATE_KEY] = dict(builder.renamed)
-    stats.seconds = time.monotonic() - started
+    stats.seconds += time.monotonic() - started
+    if stats.more:
+        # Where this chunk ends goes into dlt's state, which lands with the chunk's rows.
+        state[RESUME_STATE_KEY] = _checkpoint_at(stats, params, newest, floor)
+        stats.chunks += 1
+        of_total = f" of {stats.total:,}" if stats.total is not None else ""
+        transport.log.info(
+            f"{name}: landing records up to offset {stats.paging.position:,}{of_total} before "
+            "reading on; a run that stops now resumes from here"
+        )
+        return
+    state.pop(RESUME_STATE_KEY, None)
     stats.duplicate_keys = _duplicates(stats)
-    # Complete: the fast path with no filter, a total the CRM reported (or one page) that did not
-    # move while paging, every record had its id. Only then may ids missing from this read be
-    # taken as deleted in the CRM. (Without a total a shift while paging cannot be seen, and an
-    # entry read through dlt may filter, page or derive its records in ways this cannot see.)
+    # Complete: the fast path with no filter, in this run from the first record, a total the
+    # CRM reported (or one page) that did not move while paging, every record had its id. Only
+    # then may ids missing from this read be taken as deleted in the CRM. (Without a total a
+    # shift while paging cannot be seen, and an entry read through dlt may filter, page or derive
+    # its records in ways this cannot see.)
     stats.complete = (
         via_dlt is None
         and not params
+        and stats.resumed_at is None
         and stats.total is not None
         and not stats.paging.total_changed
         and not stats.null_keys
@@ -231,9 +308,65 @@ def _extract(
                 f"{name}: {stats.first_total} -> {stats.total} records changed while paging; "
                 f"the cursor stays at {stats.cursor_start}"
             )
+        elif stats.resumed_at is not None:
+            # Records changed in the part an earlier run loaded were not read again. Each such
+            # change is newer than every record of the read's first page, so the cursor moves
+            # no further than that: the next sync reads them.
+            if floor is not None:
+                state["cursor"] = stats.cursor_end = _earlier(newest, floor)
         else:
             state["cursor"] = newest
             stats.cursor_end = newest
+
+
+def _checkpoint_at(
+    stats: ResourceStats, params: dict[str, Any], newest: Any, floor: Any
+) -> dict[str, Any]:
+    """The position a read reached, as dlt's state keeps it (it lands with the rows read)."""
+    return {
+        "offset": stats.paging.position,
+        "anchor": stats.last_key,
+        "anchor_offset": stats.last_key_offset,
+        "step": stats.paging.step,
+        "params": params,
+        "total": stats.total,
+        "cursor_start": stats.cursor_start,
+        "newest": newest,
+        "floor": floor,
+        "records": stats.earlier_records + stats.records,
+        "null_keys": stats.null_keys,
+    }
+
+
+def _checkpoint(
+    transport: CRMTransport,
+    state: dict[str, Any],
+    stats: ResourceStats,
+    name: str,
+    full_refresh: bool,
+    chunked: bool,
+) -> dict[str, Any] | None:
+    """Where an unfinished read of this resource stopped, if the run should go on from there:
+    the chunk before, in this run, or an earlier run that stopped (killed, or failed)."""
+    checkpoint = state.get(RESUME_STATE_KEY)
+    if checkpoint is None or not chunked:
+        return None
+    if stats.more:
+        return checkpoint  # the next chunk of this run's read
+    if full_refresh and checkpoint["params"]:
+        # It was an incremental read; a full refresh reads everything, from the start.
+        state.pop(RESUME_STATE_KEY, None)
+        return None
+    stats.resumed_at = checkpoint["offset"]
+    stats.earlier_records = checkpoint["records"]
+    stats.null_keys = checkpoint["null_keys"]
+    stats.paging.total = stats.paging.first_total = checkpoint["total"]
+    of_total = f" of {checkpoint['total']:,}" if checkpoint["total"] is not None else ""
+    transport.log.info(
+        f"{name}: an earlier run loaded {checkpoint['offset']:,}{of_total} records and stopped; "
+        "going on from there"
+    )
+    return checkpoint
 
 
 def _report_drift(transport: CRMTransport, name: str, drift: Any) -> None:
@@ -275,19 +408,51 @@ def _tables(
     builder: TableBuilder,
     stats: ResourceStats,
     primary_key: str | None,
+    chunking: Chunking | None,
 ) -> Iterator[pa.Table]:
     batch: list[dict[str, Any]] = []
-    last_report = time.monotonic()
-    for records in pages:
-        batch.extend(records)
-        if len(batch) >= BATCH_ROWS:
-            yield _to_table(stats, batch, builder, primary_key)
-            batch = []
-        if time.monotonic() - last_report >= PROGRESS_EVERY_S:
-            last_report = time.monotonic()
-            transport.log.info(_progress(name, stats))
+    last_report = started = time.monotonic()
+    with closing(pages):  # a chunk's end leaves pages in flight: cancel them
+        while True:
+            try:
+                records = next(pages)
+            except StopIteration:
+                break
+            except CRMError:
+                # The pages read before the failure land; then the failure ends the read.
+                if batch:
+                    yield _to_table(stats, batch, builder, primary_key)
+                raise
+            batch.extend(records)
+            if len(batch) >= BATCH_ROWS:
+                yield _to_table(stats, batch, builder, primary_key)
+                batch = []
+            now = time.monotonic()
+            if now - last_report >= PROGRESS_EVERY_S:
+                last_report = now
+                transport.log.info(_progress(name, stats))
+            if primary_key:
+                _note_anchor(stats, records, primary_key)
+            if (
+                chunking is not None
+                and not stats.paging.anchor_lost
+                and chunking.time_is_up(now - started)
+            ):
+                stats.more = True
+                break
+    stats.more = stats.more or (chunking is not None and stats.paging.cut)
     if batch:
         yield _to_table(stats, batch, builder, primary_key)
+
+
+def _note_anchor(stats: ResourceStats, records: list[dict[str, Any]], key: str) -> None:
+    """Remember the last record read that has its key: a chunk ending here goes on after it."""
+    page_start = stats.paging.position - len(records)
+    for i in range(len(records) - 1, -1, -1):
+        value = records[i].get(key)
+        if value is not None:
+            stats.last_key, stats.last_key_offset = value, page_start + i
+            return
 
 
 def _to_table(
@@ -327,25 +492,26 @@ def _duplicates(stats: ResourceStats) -> int:
     return len(keys) - pc.count_distinct(keys).as_py()
 
 
-def _newest(
-    table: pa.Table, incremental: Mapping[str, Any] | None, builder: TableBuilder, newest: Any
-) -> Any:
-    """The largest cursor value so far, as the ISO string the API's filter takes. Only a
+def _newest(table: pa.Table, incremental: Mapping[str, Any] | None, builder: TableBuilder) -> Any:
+    """The table's largest cursor value, as the ISO string the API's filter takes. Only a
     timestamp cursor can move: a cursor field of another type keeps every sync a full one."""
     if not incremental:
-        return newest
+        return None
     column = builder.column_of(incremental["cursor_path"])
     if column not in table.column_names or not pa.types.is_timestamp(table[column].type):
-        return newest
+        return None
     value = pc.max(table[column]).as_py()
-    if value is None:
-        return newest
-    text = value.isoformat().replace("+00:00", "Z")
-    return text if newest is None or _after(text, newest) else newest
+    return None if value is None else value.isoformat().replace("+00:00", "Z")
 
 
-def _after(a: str, b: str) -> bool:
-    return datetime.fromisoformat(a) > datetime.fromisoformat(b)
+def _later(a: str | None, b: str | None) -> str | None:
+    if a is None or b is None:
+        return a or b
+    return b if datetime.fromisoformat(b) > datetime.fromisoformat(a) else a
+
+
+def _earlier(a: str, b: str) -> str:
+    return b if datetime.fromisoformat(b) < datetime.fromisoformat(a) else a
 
 
 def _progress(name: str, stats: ResourceStats) -> str:
@@ -359,6 +525,7 @@ def crm_source(
     config: Mapping[str, Any] | None = None,
     full_refresh: bool = False,
     stats: dict[str, ResourceStats] | None = None,
+    chunking: Chunking | None = None,
 ) -> list[DltResource]:
     """Build the dlt source for every resource in `config`.
 
@@ -368,7 +535,8 @@ def crm_source(
     exist, with their names, but raise if they are run. `full_refresh` ignores the incremental
     cursors of the fast path: every record is read again and merged. Column types are not given
     to dlt here: they come with the data (see conversion.py). `stats` collects each resource's
-    counters for the caller.
+    counters for the caller; with `chunking`, long reads stop at each chunk's end (see
+    `_extract`) and the caller runs the source again while any of them has `more`.
     """
     config = config if config is not None else CRM_API
     stats = stats if stats is not None else {}
@@ -398,6 +566,7 @@ def crm_source(
                 spec.get("primary_key"),
                 full_refresh,
                 via_dlt.get(name),
+                chunking,
             )
         )
         resources.append(

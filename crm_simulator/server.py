@@ -66,6 +66,7 @@ from __future__ import annotations
 import base64
 import bisect
 import contextlib
+import dataclasses
 import hmac
 import http
 import math
@@ -438,6 +439,15 @@ class _Server(ThreadingHTTPServer):
         traceback.print_exc()
 
 
+@dataclass
+class Hold:
+    """Page requests held unanswered from `offset` on (see CRMSimulator.hold)."""
+
+    offset: int
+    reached: threading.Event = dataclasses.field(default_factory=threading.Event)
+    released: threading.Event = dataclasses.field(default_factory=threading.Event)
+
+
 class CRMSimulator:
     """A CRM REST API on a local port, with deterministic data and injectable faults."""
 
@@ -514,6 +524,7 @@ class CRMSimulator:
         self._notes_lock = threading.Lock()
         # customer id key -> that customer's notes as JSON bytes; built once, see _notes_index.
         self._notes_by_customer: dict[bytes, list[bytes]] | None = None
+        self._holds: dict[str, Hold] = {}
 
     # --- lifecycle ----------------------------------------------------------------------------
     def start(self) -> CRMSimulator:
@@ -549,6 +560,7 @@ class CRMSimulator:
         server, self._server = self._server, None
         if server is None:
             return
+        self.release()
         server.shutdown()
         server.server_close()
         server.close_connections()
@@ -563,6 +575,21 @@ class CRMSimulator:
         self.stop()
 
     # --- configuration ------------------------------------------------------------------------
+    def hold(self, resource: str, from_offset: int) -> Hold:
+        """From now on, requests for pages of `resource` at `startIndex` >= `from_offset` get no
+        answer until `release()`: a client stopped at a known point of its read, to be killed
+        there. The returned hold's `reached` event is set when the first such request arrives."""
+        self._store(resource)  # KeyError for an unknown resource
+        hold = Hold(from_offset)
+        self._holds[resource] = hold
+        return hold
+
+    def release(self) -> None:
+        """Answer every held request, and hold no more."""
+        holds, self._holds = self._holds, {}
+        for hold in holds.values():
+            hold.released.set()
+
     @property
     def faults(self) -> Faults:
         return self._faults
@@ -1040,6 +1067,10 @@ class CRMSimulator:
             if limit == 0:
                 # A zero-record page would link to itself forever.
                 return _json_error(400, "limit must be a positive integer")
+        hold = self._holds.get(store.name)
+        if hold is not None and store.paged and start >= hold.offset:
+            hold.reached.set()
+            hold.released.wait()
         since: float | None = None
         filter_param = self.filter_param
         raw_since = params.get(filter_param) if filter_param is not None else None
