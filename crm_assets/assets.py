@@ -280,17 +280,17 @@ def build_crm_assets(
                 # One dlt load per round: a long read stops at each chunk's end (its position
                 # lands with its rows, in dlt's state) and the next round goes on from there.
                 while rounds == 0 or any(s.more for s in stats_of.values()):
+                    going_on = [name for name, stats in stats_of.items() if stats.more]
+                    reading = len(going_on) if rounds else len(context.selected_asset_keys)
                     source = crm_source(
                         transport,
                         api_config,
                         full_refresh=config.full_refresh,
                         stats=stats_of,
-                        chunking=chunking,
+                        chunking=chunking.per_resource(reading),
                     )
                     if rounds:  # the reads that stopped at a chunk's end, and only those
-                        source = source.with_resources(
-                            *[name for name, stats in stats_of.items() if stats.more]
-                        )
+                        source = source.with_resources(*going_on)
                     for result in dlt.run(
                         context=context,
                         dlt_source=source,

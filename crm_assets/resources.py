@@ -249,13 +249,13 @@ class CRMWarehouse(ConfigurableResource):
     )
     chunk_records: int | None = Field(
         default=None,
-        description="A long read lands what it fetched after this many records of one resource "
-        "and remembers where it was, so a run that stops goes on from there the next time "
-        "(CRM_CHUNK_RECORDS, default 50000; 0: no limit by count).",
+        description="A long sync lands what it fetched after this many records (shared by the "
+        "resources read at once) and remembers where each read was, so a run that stops goes "
+        "on from there the next time (CRM_CHUNK_RECORDS, default 100000; 0: no limit by count).",
     )
     chunk_seconds: float | None = Field(
         default=None,
-        description="Or after this many seconds of reading one resource, whichever comes first "
+        description="Or after this many seconds of reading, whichever comes first "
         "(CRM_CHUNK_SECONDS, default 300; 0: no limit by time).",
     )
     sync_lock_timeout: float | None = Field(

@@ -44,13 +44,20 @@ RESUME_STATE_KEY = "resume"
 
 @dataclass(frozen=True)
 class Chunking:
-    """When a long read lands what it has fetched so far: after `records` records or `seconds`
-    seconds of one resource, whichever comes first (0 turns either off). Each chunk is one dlt
-    load, and where it ended is kept in dlt's state with it, so a run that stops later loses at
-    most the chunk in flight: the next run goes on from there (see paging.Position)."""
+    """When a long read lands what it has fetched so far: after `records` records (of the
+    resources read together, shared evenly; see `per_resource`) or after `seconds` seconds,
+    whichever comes first (0 turns either off). Each chunk is one dlt load, and where it ended is
+    kept in dlt's state with it, so a run that stops later loses at most the chunk in flight: the
+    next run goes on from there (see paging.Position)."""
 
-    records: int = 50_000
+    records: int = 100_000
     seconds: float = 300.0
+
+    def per_resource(self, resources: int) -> Chunking:
+        """The share of each of `resources` read at once: a round of loads is as long whether
+        one resource is long or five are."""
+        share = -(-self.records // max(1, resources)) if self.records else 0
+        return Chunking(share, self.seconds)
 
     def time_is_up(self, seconds: float) -> bool:
         return 0 < self.seconds <= seconds

@@ -138,7 +138,8 @@ def test_chunked_sync_is_exact_and_complete(
 ) -> None:
     """Read in many chunks in one run, a sync loads what one read loads, still counts as a
     complete read (so deletes are marked) and moves the incremental cursor."""
-    monkeypatch.setenv("CRM_CHUNK_RECORDS", "100")
+    # 100 records for each of the five resources read at once: up to five chunks each.
+    monkeypatch.setenv("CRM_CHUNK_RECORDS", "500")
     first = sync_in_process()
     assert first.success
     metadata = materialized_metadata(first)
