@@ -2,7 +2,9 @@
 
 Each process runs in its own process group (so the code servers and run workers it spawns stop
 with it), logs to a file under the test's directory (shown when a wait fails), and is stopped in
-teardown. Every wait here is bounded.
+teardown. Every wait here is for an event (a status, a log line, an answer) and is bounded,
+generously: the bounds are for a machine that is slow or busy with other tests, not for the
+usual case, and a wait that ends early costs nothing.
 """
 
 from __future__ import annotations
@@ -237,7 +239,7 @@ class Webserver:
     def run_status(self, run_id: str) -> str:
         return self.graphql(RUN_STATUS, runId=run_id)["runOrError"]["status"]
 
-    def wait_for_run(self, run_id: str, timeout: float = 180) -> str:
+    def wait_for_run(self, run_id: str, timeout: float = 300) -> str:
         return wait_for(
             lambda: status if (status := self.run_status(run_id)) in TERMINAL else None,
             timeout,
@@ -261,7 +263,7 @@ def all_asset_keys() -> list[list[str]]:
     return [["crm", name] for name in resource_names()]
 
 
-def wait_until_serving(server: Webserver, process: Process, timeout: float = 120) -> None:
+def wait_until_serving(server: Webserver, process: Process, timeout: float = 300) -> None:
     """Bounded wait for the webserver to answer and the code location to be loaded."""
 
     def ready() -> bool:
@@ -335,7 +337,7 @@ def dagster_stack(
             )
 
         try:
-            wait_for(ready, 120, "dagster-webserver to serve the code location", interval=1)
+            wait_for(ready, 300, "dagster-webserver to serve the code location", interval=1)
         except TimeoutError as exc:
             raise AssertionError(f"{exc}\n{webserver.log()}") from None
         yield server

@@ -81,7 +81,7 @@ def test_crm_sync_job_runs_on_a_celery_worker(
     with running(worker), rabbitmq_cleanup(queue):
         wait_for(
             lambda: "ready." in worker.log() or not worker.alive(),
-            90,
+            180,
             "the Celery worker to connect to RabbitMQ",
         )
         assert worker.alive(), worker.log()

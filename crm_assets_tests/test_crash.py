@@ -1,12 +1,13 @@
 """Crash safety: `dagster asset materialize` killed with SIGKILL during extract, normalize and
 load; the next run, with no clean-up, finishes with exact counts and no duplicate ids.
 
-The phase is read from outside the process: extract is under way once the simulator has served
-some pages and no package has reached dlt's `normalize/extracted` folder; normalize begins when
-the extracted package appears there; load is under way while the normalized package has jobs in
-`load/normalized/<id>/started_jobs`. The whole process group is killed (the CLI runs the step in
-a child process; a crash of the machine or an OOM kill takes both), and the folder state after
-the kill confirms which phase was hit: a missed window is retried, a bounded number of times.
+The kill waits for the run to be held inside the phase, so that it lands there however slow or
+busy the machine is: extract is held by the simulator answering 503 to every request (retried
+without end) once it has served some pages; normalize and load by crash_hooks/sitecustomize.py,
+which stops the run after the package's files are normalized but before it is committed, or as
+the first load job starts, and says so in a file. The whole process group is killed (the CLI runs
+the step in a child process; a crash of the machine or an OOM kill takes both), and the folder
+state after the kill confirms which phase was hit.
 """
 
 from __future__ import annotations
@@ -31,17 +32,17 @@ from crm_assets_tests.fault_support import (
     run_cli,
     table_ids,
 )
-from crm_simulator import CRMSimulator
+from crm_simulator import CRMSimulator, Faults
 
-# About 100,000 records: extract lasts seconds and load about half a second on 2 cores.
+# About 400 pages: extract is held a quarter of the way in, with every resource many pages long.
+# (The holds, not the size, make the kills land: the phases may be as short as they like.)
 CRASH_COUNTS = {
-    "customers": 25_000,
-    "contacts": 25_000,
+    "customers": 10_000,
+    "contacts": 10_000,
     "cases": 1_500,
-    "leads": 25_000,
-    "opportunities": 23_500,
+    "leads": 10_000,
+    "opportunities": 9_500,
 }
-ATTEMPTS = 3
 
 
 @pytest.fixture(scope="module")
@@ -66,19 +67,7 @@ def _entries(folder: Path) -> list[Path]:
     return list(folder.iterdir()) if folder.exists() else []
 
 
-def _extracting(sim: CRMSimulator, work: Path) -> bool:
-    return len(sim.requests()) >= 100 and not _entries(work / "normalize" / "extracted")
-
-
-def _normalizing(sim: CRMSimulator, work: Path) -> bool:
-    return bool(_entries(work / "normalize" / "extracted"))
-
-
-def _loading(sim: CRMSimulator, work: Path) -> bool:
-    return any(_entries(p / "started_jobs") for p in _entries(work / "load" / "normalized"))
-
-
-# Folder state after the kill that proves the phase: (description, predicate on the work dir)
+# Folder state after the kill that proves the phase: a predicate on the work dir.
 def _killed_in_extract(work: Path) -> bool:
     return not _entries(work / "normalize" / "extracted") and not _entries(work / "load")
 
@@ -90,23 +79,47 @@ def _killed_in_normalize(work: Path) -> bool:
 
 
 def _killed_in_load(work: Path) -> bool:
-    return bool(_entries(work / "load" / "normalized")) and not _entries(work / "load" / "loaded")
+    return any(
+        _entries(p / "started_jobs") for p in _entries(work / "load" / "normalized")
+    ) and not _entries(work / "load" / "loaded")
 
 
-PHASES: dict[str, tuple[Callable[[CRMSimulator, Path], bool], Callable[[Path], bool]]] = {
-    "extract": (_extracting, _killed_in_extract),
-    "normalize": (_normalizing, _killed_in_normalize),
-    "load": (_loading, _killed_in_load),
+LANDED: dict[str, Callable[[Path], bool]] = {
+    "extract": _killed_in_extract,
+    "normalize": _killed_in_normalize,
+    "load": _killed_in_load,
 }
+HOOKS = Path(__file__).resolve().parent / "crash_hooks"
+# Pages served before extract is held: well under way, far from done (about 1,000 pages).
+EXTRACT_PAGES = 100
+HOLD_TIMEOUT_S = 300  # a 100,000-record sync on a busy 2-core machine, start-up included
 
 # Every phase once and every data profile once: integer, string and UUID ids.
 CRASHES = [("crm", "extract"), ("declared", "normalize"), ("uuid", "load")]
 
 
-def _kill_during(env: dict[str, str], sim: CRMSimulator, work: Path, phase: str, log: Path) -> bool:
-    """Start a sync, SIGKILL its process group once `phase` is seen; whether the state left
-    behind shows the kill landed in that phase."""
-    seen, landed = PHASES[phase]
+def _wait(condition: Callable[[], bool], proc: subprocess.Popen, what: str, log: Path) -> None:
+    deadline = time.monotonic() + HOLD_TIMEOUT_S
+    while not condition():
+        assert proc.poll() is None, f"the run exited ({proc.returncode}) before {what}; see {log}"
+        assert time.monotonic() < deadline, f"{what} not seen in {HOLD_TIMEOUT_S} s; see {log}"
+        time.sleep(0.05)
+
+
+def _kill_during(env: dict[str, str], sim: CRMSimulator, work: Path, phase: str, log: Path) -> None:
+    """Start a sync, hold it in `phase`, SIGKILL its process group there."""
+    hold_file = work.parent / "held"
+    if phase == "extract":
+        # Retried without end: the run cannot leave extract while every request fails.
+        env = {**env, "CRM_REQUEST_MAX_ATTEMPTS": "100000"}
+    else:
+        pythonpath = os.pathsep.join(p for p in (str(HOOKS), env.get("PYTHONPATH")) if p)
+        env = {
+            **env,
+            "PYTHONPATH": pythonpath,
+            "CRM_TEST_HOLD_IN": phase,
+            "CRM_TEST_HOLD_FILE": str(hold_file),
+        }
     sim.reset_requests()
     with log.open("wb") as out:
         proc = subprocess.Popen(
@@ -118,20 +131,21 @@ def _kill_during(env: dict[str, str], sim: CRMSimulator, work: Path, phase: str,
             start_new_session=True,  # its own process group: the step's child process too
         )
     try:
-        deadline = time.monotonic() + 180
-        while not seen(sim, work):
-            if proc.poll() is not None:
-                return False  # finished before the phase was seen
-            assert time.monotonic() < deadline, f"{phase} never seen; see {log}"
-            time.sleep(0.001)
+        if phase == "extract":
+            _wait(lambda: len(sim.requests()) >= EXTRACT_PAGES, proc, "pages served", log)
+            sim.faults = Faults(rate_503=1.0)
+            # Pages already answered may still be in flight; any request after this one fails.
+            _wait(lambda: sim.faults_injected()["503"] > 0, proc, "a 503 answered", log)
+        else:
+            _wait(hold_file.exists, proc, f"the run held in {phase}", log)
         os.killpg(proc.pid, signal.SIGKILL)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
+        sim.faults = Faults()
     assert proc.returncode == -signal.SIGKILL
     _wait_for_group_gone(proc.pid)
-    return landed(work)
 
 
 def _wait_for_group_gone(pgid: int) -> None:
@@ -149,15 +163,11 @@ def _wait_for_group_gone(pgid: int) -> None:
 def test_sigkill_during_phase_then_rerun_loads_exactly_once(
     tmp_path: Path, big_simulator: CRMSimulator, phase: str
 ) -> None:
-    landed = False
-    for attempt in range(ATTEMPTS):
-        ws = make_workspace(tmp_path / f"attempt{attempt}", big_simulator.base_url)
-        env = cli_env(ws.env, CRM_REQUEST_TIMEOUT="30")
-        work = ws.pipelines_dir / "crm_sync"
-        if _kill_during(env, big_simulator, work, phase, ws.root / "killed.log"):
-            landed = True
-            break
-    assert landed, f"no kill landed in {phase} in {ATTEMPTS} attempts"
+    ws = make_workspace(tmp_path / "ws", big_simulator.base_url)
+    env = cli_env(ws.env, CRM_REQUEST_TIMEOUT="30")
+    work = ws.pipelines_dir / "crm_sync"
+    _kill_during(env, big_simulator, work, phase, ws.root / "killed.log")
+    assert LANDED[phase](work), f"the kill did not land in {phase}; see {ws.root / 'killed.log'}"
     # No clean-up: the same folders, DuckDB file and instance, the lock file still there.
     done = run_cli(env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -120,7 +120,7 @@ def test_dg_dev_serves_the_code_location_and_stops(workspace: Workspace, tmp_pat
     server = Webserver(f"http://127.0.0.1:{port}")
     try:
         # The location dg names from [tool.dg.project], loaded: the same name as workspace.yaml's.
-        wait_until_serving(server, dev, timeout=180)
+        wait_until_serving(server, dev, timeout=300)
 
         # Ctrl-C, as a user stops it: dg dev shuts down its webserver, daemon and code servers.
         os.killpg(dev.popen.pid, signal.SIGINT)
@@ -136,7 +136,7 @@ def test_dg_dev_serves_the_code_location_and_stops(workspace: Workspace, tmp_pat
                 return True
             return False
 
-        wait_for(refused, 30, "the webserver to stop listening")
-        wait_for(lambda: not live_group_members(dev.popen.pid), 30, "dg dev's children to exit")
+        wait_for(refused, 60, "the webserver to stop listening")
+        wait_for(lambda: not live_group_members(dev.popen.pid), 60, "dg dev's children to exit")
     finally:
         dev.stop()

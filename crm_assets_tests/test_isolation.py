@@ -115,15 +115,15 @@ def test_overlapping_cli_runs_are_serialized_and_both_load_exactly(
     try:
         # A request reaching the CRM means the first run is extracting, so holds the lock
         # (probing the lock itself could, for an instant, make the first run wait).
-        _wait_for(lambda: bool(simulator.requests()), 60, "the first run to take the lock")
+        _wait_for(lambda: bool(simulator.requests()), 300, "the first run to take the lock")
         assert _lock_held(pipeline_lock)
         second = start(logs[1])
         # The second run reaches the lock while the first still holds it...
-        _wait_for(lambda: _run_logged(workspace.dagster_home, WAITING), 90, "the second to wait")
+        _wait_for(lambda: _run_logged(workspace.dagster_home, WAITING), 300, "the second to wait")
         assert first.poll() is None, "the first run ended before the second had to wait"
         simulator.faults = Faults()  # ...and gets it once the first finishes.
-        first.wait(timeout=120)
-        second.wait(timeout=120)
+        first.wait(timeout=300)
+        second.wait(timeout=300)
     finally:
         for proc in (first, second):
             if proc is not None and proc.poll() is None:

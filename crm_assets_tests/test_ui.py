@@ -105,7 +105,7 @@ def test_materialize_all_clicked_in_chromium(stack: Stack) -> None:
             page.get_by_role("button", name="Materialize all").click()
 
             new = wait_for(
-                lambda: run_ids(stack.server) - before, 60, "the clicked run to appear", 1
+                lambda: run_ids(stack.server) - before, 120, "the clicked run to appear", 1
             )
             assert len(new) == 1, new
             (run_id,) = new
