@@ -7,7 +7,7 @@ the real source from the `CRMCredentials` resource and hands it to `DagsterDltRe
 import gc
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -216,6 +216,21 @@ def failure_summary(failures: list[CRMError], total: int) -> str:
     return f"{head}: " + "; ".join(str(f) for f in failures)
 
 
+def timing_line(
+    seconds: float, rounds: int, phases: Mapping[str, float], stats: Iterable[ResourceStats]
+) -> str:
+    """Where the sync's time went, in one line of the run log. Resources are read in parallel,
+    so waiting and typing are each the longest of any one resource."""
+    stats = list(stats)
+    waiting = max((s.waiting_s for s in stats), default=0.0)
+    typing = max((s.typing_s for s in stats), default=0.0)
+    return (
+        f"sync timing: {seconds:.2f} s in {rounds} load(s); extract {phases['extract']:.2f} s "
+        f"(waiting for pages {waiting:.2f} s, typing records {typing:.2f} s), "
+        f"normalize {phases['normalize']:.2f} s, load {phases['load']:.2f} s"
+    )
+
+
 class CRMSyncConfig(Config):
     """Run configuration of a sync (the UI's launchpad, or `--config-json` on the CLI)."""
 
@@ -274,6 +289,7 @@ def build_crm_assets(
             ):
                 stats_of: dict[str, ResourceStats] = {}
                 rows_loaded: Counter[str] = Counter()
+                phases: Counter[str] = Counter()  # seconds in each of dlt's steps, all rounds
                 rounds = 0
                 results: dict[Any, MaterializeResult] = {}
                 refresh = {"refresh": "drop_resources"} if config.rebuild else {}
@@ -305,7 +321,12 @@ def build_crm_assets(
                     trace = pipeline.last_trace
                     if trace.last_normalize_info:
                         rows_loaded.update(trace.last_normalize_info.row_counts)
+                    for step in trace.steps:
+                        if step.step in ("extract", "normalize", "load") and step.finished_at:
+                            took = step.finished_at - step.started_at
+                            phases[step.step] += took.total_seconds()
             seconds = time.monotonic() - started
+            context.log.info(timing_line(seconds, rounds, phases, stats_of.values()))
             load_info = pipeline.last_trace.last_load_info
             load_id = load_info.loads_ids[-1] if load_info and load_info.loads_ids else None
             failures: list[CRMError] = []

@@ -89,6 +89,8 @@ class ResourceStats:
     earlier_records: int = 0  # records that earlier run read
     last_key: Any = None  # key of the last record read that has one: a chunk's anchor
     last_key_offset: int = -1
+    waiting_s: float = 0.0  # waiting for pages (the CRM, the network, decoding JSON)
+    typing_s: float = 0.0  # turning records into typed Arrow tables
     first_page_rows: int = 0
 
     @property
@@ -421,6 +423,7 @@ def _tables(
     last_report = started = time.monotonic()
     with closing(pages):  # a chunk's end leaves pages in flight: cancel them
         while True:
+            asked = time.monotonic()
             try:
                 records = next(pages)
             except StopIteration:
@@ -428,11 +431,12 @@ def _tables(
             except CRMError:
                 # The pages read before the failure land; then the failure ends the read.
                 if batch:
-                    yield _to_table(stats, batch, builder, primary_key)
+                    yield _timed_table(stats, batch, builder, primary_key)
                 raise
+            stats.waiting_s += time.monotonic() - asked
             batch.extend(records)
             if len(batch) >= BATCH_ROWS:
-                yield _to_table(stats, batch, builder, primary_key)
+                yield _timed_table(stats, batch, builder, primary_key)
                 batch = []
             now = time.monotonic()
             if now - last_report >= PROGRESS_EVERY_S:
@@ -449,7 +453,19 @@ def _tables(
                 break
     stats.more = stats.more or (chunking is not None and stats.paging.cut)
     if batch:
-        yield _to_table(stats, batch, builder, primary_key)
+        yield _timed_table(stats, batch, builder, primary_key)
+
+
+def _timed_table(
+    stats: ResourceStats,
+    batch: list[dict[str, Any]],
+    builder: TableBuilder,
+    primary_key: str | None,
+) -> pa.Table:
+    started = time.monotonic()
+    table = _to_table(stats, batch, builder, primary_key)
+    stats.typing_s += time.monotonic() - started
+    return table
 
 
 def _note_anchor(stats: ResourceStats, records: list[dict[str, Any]], key: str) -> None:

@@ -111,6 +111,13 @@ def _build_parser() -> argparse.ArgumentParser:
         help="requests/s allowed (token bucket); beyond it 429 + Retry-After",
     )
     parser.add_argument(
+        "--rate-burst",
+        type=float,
+        default=0.1,
+        help="seconds' worth of requests the token bucket lets through at once (default 0.1; "
+        "API gateways often allow 1)",
+    )
+    parser.add_argument(
         "--fault",
         action="append",
         default=[],
@@ -228,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
             faults=faults,
             latency_ms=args.latency_ms,
             rate_limit=args.rate_limit,
+            rate_burst=args.rate_burst,
             host=args.host,
             port=args.port,
             profile=args.profile,

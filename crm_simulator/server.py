@@ -55,7 +55,8 @@ Design notes (why it looks like this)
       request line carries the api key (and possibly the access key).
     * Faults are drawn from a RNG seeded by ``Faults.seed`` (one draw per request), so a run with
       the same request sequence sees the same faults.
-    * The rate limiter is a token bucket (rate ``rate_limit``/s, burst ``max(1, rate/10)``). It
+    * The rate limiter is a token bucket (rate ``rate_limit``/s, burst ``rate_burst`` seconds'
+      worth of requests, at least one: 0.1 s by default, 1 s like many API gateways). It
       admits a request when at least ``1 - grace`` tokens are there (grace = 10 ms of refill, at
       most half a token), so a client pacing itself at exactly the limit is not punished for
       scheduling jitter; the long-run rate still cannot exceed the limit.
@@ -463,6 +464,7 @@ class CRMSimulator:
         faults: Faults | None = None,
         latency_ms: float = 0.0,
         rate_limit: float | None = None,
+        rate_burst: float = 0.1,
         host: str = "127.0.0.1",
         port: int = 0,
         profile: str = "declared",
@@ -498,6 +500,7 @@ class CRMSimulator:
         self._faults = faults if faults is not None else Faults()
         self.latency_ms = latency_ms
         self.rate_limit = rate_limit
+        self.rate_burst = rate_burst
         self.host = host
         self.port = port
         self.base_url = ""
@@ -960,7 +963,7 @@ class CRMSimulator:
         rate = self.rate_limit
         if not rate or rate <= 0:
             return None
-        burst = max(1.0, rate / 10.0)
+        burst = max(1.0, rate * self.rate_burst)
         grace = min(0.5, rate * 0.010)
         with self._lock:
             now = time.monotonic()
