@@ -196,6 +196,9 @@ def _sync_metadata(
     if stats.cursor_start is not None:
         metadata["cursor_start"] = MetadataValue.text(stats.cursor_start)
         metadata["cursor_end"] = MetadataValue.text(stats.cursor_end or stats.cursor_start)
+    metadata["chunks"] = MetadataValue.int(stats.chunks + 1)
+    if stats.resumed_at is not None:
+        metadata["resumed_at_offset"] = MetadataValue.int(stats.resumed_at)
     metadata["rows_deleted"] = MetadataValue.int(stats.rows_deleted)
     metadata["complete_read"] = MetadataValue.bool(stats.complete)
     metadata["records_without_id"] = MetadataValue.int(stats.null_keys)

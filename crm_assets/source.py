@@ -344,6 +344,9 @@ def _checkpoint_at(
         "floor": floor,
         "records": stats.earlier_records + stats.records,
         "null_keys": stats.null_keys,
+        # A listing that moved while this read paged may have had a record skipped: the run
+        # that finishes the read must know it, to keep the cursor where it was.
+        "listing_changed": stats.paging.total_changed,
     }
 
 
@@ -370,6 +373,7 @@ def _checkpoint(
     stats.earlier_records = checkpoint["records"]
     stats.null_keys = checkpoint["null_keys"]
     stats.paging.total = stats.paging.first_total = checkpoint["total"]
+    stats.paging.total_changed = bool(checkpoint.get("listing_changed"))
     of_total = f" of {checkpoint['total']:,}" if checkpoint["total"] is not None else ""
     transport.log.info(
         f"{name}: an earlier run loaded {checkpoint['offset']:,}{of_total} records and stopped; "

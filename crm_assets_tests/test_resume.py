@@ -130,6 +130,7 @@ def test_failed_sync_keeps_its_chunks_and_the_next_goes_on(
     assert customer_pages(sim) == 6
     metadata = materialized_metadata(resumed)["customers"]
     assert metadata["records_fetched"].value == LONG - 2_600
+    assert metadata["resumed_at_offset"].value == 2_600
     assert metadata["complete_read"].value is False
 
 
@@ -143,6 +144,9 @@ def test_chunked_sync_is_exact_and_complete(
     first = sync_in_process()
     assert first.success
     metadata = materialized_metadata(first)
+    # Contacts (431) in several chunks; cases (one page, never cut) in one.
+    assert metadata["contacts"]["chunks"].value > 2
+    assert metadata["cases"]["chunks"].value == 1
     for name, count in SMALL_COUNTS.items():
         assert metadata[name]["rows_loaded"].value == count
         assert metadata[name]["complete_read"].value is True
