@@ -12,6 +12,7 @@ import os
 import re
 import signal
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import requests
@@ -107,6 +108,20 @@ def live_group_members(pgid: int) -> list[int]:
     return members
 
 
+def daemons_healthy(server: Webserver) -> Callable[[], bool]:
+    """Whether every daemon of the instance reports a recent heartbeat, as the UI's daemon page
+    shows it."""
+
+    def probe() -> bool:
+        data = server.graphql(
+            "{ instance { daemonHealth { allDaemonStatuses { daemonType healthy } } } }"
+        )
+        statuses = data["instance"]["daemonHealth"]["allDaemonStatuses"]
+        return bool(statuses) and all(status["healthy"] for status in statuses)
+
+    return probe
+
+
 def test_dg_dev_serves_the_code_location_and_stops(workspace: Workspace, tmp_path: Path) -> None:
     write_instance_yaml(workspace.dagster_home)
     port = free_port()
@@ -122,11 +137,12 @@ def test_dg_dev_serves_the_code_location_and_stops(workspace: Workspace, tmp_pat
         # The location dg names from [tool.dg.project], loaded: the same name as workspace.yaml's.
         wait_until_serving(server, dev, timeout=300)
 
-        wait_for(lambda: "Serving dagster-webserver" in dev.log(), 120, "the webserver's start")
+        # And the daemon up too, with its own code server: a Ctrl-C that lands while a service
+        # is still starting its code server can leave that one behind on a busy machine.
+        wait_for(daemons_healthy(server), 300, "the daemon's first heartbeats")
 
         # Ctrl-C, as a user stops it: dg dev shuts down its webserver, daemon and code servers.
-        # On a busy machine the webserver can miss a Ctrl-C that lands while it is still
-        # starting up; a user then presses it again, and so does this test, once.
+        # A user whose first Ctrl-C seems to be ignored presses it again, and so does this test.
         for press in (1, 2):
             os.killpg(dev.popen.pid, signal.SIGINT)
             try:
@@ -134,8 +150,12 @@ def test_dg_dev_serves_the_code_location_and_stops(workspace: Workspace, tmp_pat
                 break
             except subprocess.TimeoutExpired:
                 if press == 2:
+                    left = [
+                        Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")[:150]
+                        for pid in live_group_members(dev.popen.pid)
+                    ]
                     raise AssertionError(
-                        f"dg dev still running 90 s after a second Ctrl-C:\n{dev.log()}"
+                        f"dg dev still running 90 s after a second Ctrl-C ({left}):\n{dev.log()}"
                     ) from None
 
         def refused() -> bool:
