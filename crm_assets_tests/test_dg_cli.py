@@ -122,6 +122,18 @@ def daemons_healthy(server: Webserver) -> Callable[[], bool]:
     return probe
 
 
+def settled(pgid: int, quiet_polls: int = 5) -> Callable[[], bool]:
+    """Whether the processes of group `pgid` have been the same for `quiet_polls` polls in a
+    row: none started or exited (a slow machine only takes longer to get there)."""
+    seen: list[frozenset[int]] = []
+
+    def probe() -> bool:
+        seen.append(frozenset(live_group_members(pgid)))
+        return len(seen) >= quiet_polls and len(set(seen[-quiet_polls:])) == 1
+
+    return probe
+
+
 def test_dg_dev_serves_the_code_location_and_stops(workspace: Workspace, tmp_path: Path) -> None:
     write_instance_yaml(workspace.dagster_home)
     port = free_port()
@@ -137,9 +149,11 @@ def test_dg_dev_serves_the_code_location_and_stops(workspace: Workspace, tmp_pat
         # The location dg names from [tool.dg.project], loaded: the same name as workspace.yaml's.
         wait_until_serving(server, dev, timeout=300)
 
-        # And the daemon up too, with its own code server: a Ctrl-C that lands while a service
-        # is still starting its code server can leave that one behind on a busy machine.
+        # And the daemon up too, and every process of dg dev started: a Ctrl-C that lands while
+        # a service is still spawning its code server leaves that one behind (seen on a busy
+        # machine: dg dev then waits for it for good). So the group must have stopped changing.
         wait_for(daemons_healthy(server), 300, "the daemon's first heartbeats")
+        wait_for(settled(dev.popen.pid), 300, "dg dev's processes to settle", interval=1)
 
         # Ctrl-C, as a user stops it: dg dev shuts down its webserver, daemon and code servers.
         # A user whose first Ctrl-C seems to be ignored presses it again, and so does this test.

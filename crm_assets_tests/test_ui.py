@@ -97,6 +97,8 @@ def test_materialize_all_clicked_in_chromium(stack: Stack) -> None:
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1400})
             page.set_default_timeout(60_000)
+            # Assertions keep their own bound (5 s by default): a busy machine renders slower.
+            expect.set_options(timeout=60_000)
             page.goto(f"{stack.server.url}/asset-groups/crm")
             # A fresh browser profile first gets the "Join the Dagster community" dialog.
             page.get_by_role("button", name="Skip").click()
