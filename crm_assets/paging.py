@@ -177,6 +177,7 @@ def iter_pages(
         page_params,
         select,
         total_of,
+        note_total,
         stats,
     )
 
@@ -193,9 +194,9 @@ def _find_anchor(
 
     The anchor is looked for on the page that ends with it and on the page after it: records
     deleted in front of it move it back, inserted ones forward. That costs one page per resume,
-    and keeps the pages where they were. Anywhere but its old place, the
-    listing shifted since the earlier read; records inserted in the part already loaded were not
-    read, so the read is marked as one whose listing changed (it does not count as complete).
+    and keeps the pages where they were. Anywhere but its old place, the listing shifted since
+    the earlier read; records inserted in the part already loaded were not read, so the read is
+    marked as one whose listing changed (it does not count as complete).
     """
     if resume.anchor is None:
         # Not one record read so far had its key: go on from the offset, unverified.
@@ -239,6 +240,7 @@ def _fetch_concurrently(
     page_params: Callable[[int], dict[str, Any]],
     select: Callable[[Any], list[dict[str, Any]]],
     total_of: Callable[[Any], int | None],
+    note_total: Callable[[int | None], None],
     stats: PageCounters,
 ) -> Iterator[list[dict]]:
     window: deque[tuple[int, Future[Any]]] = deque()
@@ -265,9 +267,7 @@ def _fetch_concurrently(
             offset, future = window.popleft()
             body = future.result()
             newer = total_of(body)
-            if newer is not None and newer != stats.total:
-                stats.total = newer
-                stats.total_changed = True
+            note_total(newer)
             # Records added while we page push the total up: fetch the new tail too.
             if newer is not None and newer > planned_end:
                 planned_end = newer

@@ -27,7 +27,13 @@ from crm_assets_tests.conftest import (
     materialized_metadata,
     sync_in_process,
 )
-from crm_assets_tests.fault_support import DAGSTER_EXE, cli_env, run_cli, step_failure_message
+from crm_assets_tests.fault_support import (
+    DAGSTER_EXE,
+    cli_env,
+    run_cli,
+    step_failure_message,
+    table_ids,
+)
 from crm_assets_tests.processes import start
 from crm_simulator import CRMSimulator
 
@@ -38,10 +44,6 @@ HOLD_AT = 2_400  # the sync is stopped 80% of the way in, at the start of the ni
 
 def customer_pages(simulator: CRMSimulator) -> int:
     return sum(1 for r in simulator.requests("customers") if "startIndex" in r.params)
-
-
-def warehouse_ids(ws: Workspace) -> list[str]:
-    return [str(row["id"]) for row in ws.rows("customers")]
 
 
 @pytest.fixture
@@ -85,7 +87,7 @@ def test_killed_first_sync_resumes_after_its_last_chunk(
 
     rerun = run_cli(env, *select)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
-    ids = warehouse_ids(ws)
+    ids = [str(i) for i in table_ids(ws.duckdb_path, "customers")]
     assert len(ids) == len(set(ids)), "an id is in the warehouse twice"
     # Every record the CRM serves, and the deleted ones (loaded before their deletion; only a
     # complete read marks deletes, and a resumed read is not one).
