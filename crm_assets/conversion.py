@@ -548,6 +548,13 @@ class TableBuilder:
         hints, self.new_hints = self.new_hints, {}
         return hints
 
+    def json_hints(self) -> dict[str, dict[str, Any]]:
+        """The `json` hint of every JSON column, for the first table of each extraction: JSON
+        travels as Arrow strings, and a table that comes without the hint turns the column into
+        text in dlt's schema, so the sync after next would take it for text and push every
+        object into a variant column."""
+        return {column: JSON.hints() for column, kind in self.types.items() if kind == JSON}
+
     def drift(self) -> Drift:
         """The table's differences from the declaration, as the table stands now."""
         declared_columns = {self.column_of(raw): column for raw, column in self.declared.items()}

@@ -256,6 +256,8 @@ def _extract(
                     floor = _newest(table.slice(0, stats.first_page_rows), incremental, builder)
                 newest = _later(newest, _newest(table, incremental, builder))
                 hints = builder.take_new_hints()
+                if n == 0:
+                    hints = {**builder.json_hints(), **hints}
                 yield (
                     dlt.mark.with_hints(table, dlt.mark.make_hints(columns=hints))
                     if hints

@@ -165,6 +165,26 @@ def test_chunked_sync_is_exact_and_complete(
     assert all("updated_since" in r.params for r in simulator.requests("leads"))
 
 
+@every_profile
+def test_columns_keep_their_types_across_chunks_and_syncs(
+    simulator: CRMSimulator, workspace: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A column keeps the type the first sync gave it however many loads follow. JSON columns
+    travel as Arrow strings: a load without their hint turned them into text in dlt's schema,
+    and the load after that pushed every object into a `__v_json` variant column."""
+    assert sync_in_process().success  # one load: every resource fits in the default chunk
+    first = {name: workspace.column_types(name) for name in SMALL_COUNTS}
+    monkeypatch.setenv("CRM_CHUNK_RECORDS", "500")
+    for _ in range(2):
+        result = sync_in_process(full_refresh=True)
+        assert result.success
+    metadata = materialized_metadata(result)
+    assert metadata["contacts"]["chunks"].value > 2
+    for name in SMALL_COUNTS:
+        assert workspace.column_types(name) == first[name], name
+        assert_same_records(workspace, simulator, name)
+
+
 def _customers_endpoint() -> dict:
     return next(r for r in CRM_API["resources"] if r["name"] == "customers")["endpoint"]
 
