@@ -251,7 +251,7 @@ class CRMWarehouse(ConfigurableResource):
         default=None,
         description="A long sync lands what it fetched after this many records (shared by the "
         "resources read at once) and remembers where each read was, so a run that stops goes "
-        "on from there the next time (CRM_CHUNK_RECORDS, default 100000; 0: no limit by count).",
+        "on from there the next time (CRM_CHUNK_RECORDS, default 400000; 0: no limit by count).",
     )
     chunk_seconds: float | None = Field(
         default=None,

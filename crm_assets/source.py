@@ -48,9 +48,15 @@ class Chunking:
     resources read together, shared evenly; see `per_resource`) or after `seconds` seconds,
     whichever comes first (0 turns either off). Each chunk is one dlt load, and where it ended is
     kept in dlt's state with it, so a run that stops later loses at most the chunk in flight: the
-    next run goes on from there (see paging.Position)."""
+    next run goes on from there (see paging.Position).
 
-    records: int = 100_000
+    Why 400,000 records: a load costs about half a second whatever its size, plus a merge that
+    grows with the table, so small chunks cost time (measured here on 2,002,000 records: 21 loads
+    in 100,000-record chunks took 95 s, 6 loads in 400,000-record chunks 73 s, at the same peak
+    RSS), while a chunk of 400,000 records is about 10 s of fetching from a local API, and 40 s
+    from one that allows 100 requests/s: what a stopped run may have to fetch again."""
+
+    records: int = 400_000
     seconds: float = 300.0
 
     def per_resource(self, resources: int) -> Chunking:
