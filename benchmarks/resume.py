@@ -3,9 +3,9 @@
     .venv/bin/python benchmarks/resume.py [--records 1000000] [--kill-at 0.8] [--profile crm]
 
 The simulator runs in this process (its request log is what is counted); the sync is the real
-`dagster asset materialize -m crm_assets --select '*'` with the project's default settings, in
-its own process group. Once the simulator has served `--kill-at` of the pages, the group gets
-SIGKILL. While the first sync runs, records are inserted (appended, as a CRM's new records are);
+`dagster asset materialize -m crm_assets --select '*'` with the project's default settings but
+100,000-record chunks (`CHUNK_RECORDS`), in its own process group. Once the simulator has
+served `--kill-at` of the pages, the group gets SIGKILL. While the first sync runs, records are inserted (appended, as a CRM's new records are);
 between the kill and the rerun, records are deleted from the part already loaded, which shifts
 the offsets of everything after them. The rerun must then load every record the CRM serves (and
 keep the deleted ones: only a complete read marks deletes), no id twice, and ask for at most a
