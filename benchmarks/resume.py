@@ -4,13 +4,13 @@
 
 The simulator runs in this process (its request log is what is counted); the sync is the real
 `dagster asset materialize -m crm_assets --select '*'` with the project's default settings but
-100,000-record chunks (`CHUNK_RECORDS`), in its own process group. Once the simulator has
-served `--kill-at` of the pages, the group gets SIGKILL. While the first sync runs, records are inserted (appended, as a CRM's new records are);
-between the kill and the rerun, records are deleted from the part already loaded, which shifts
-the offsets of everything after them. The rerun must then load every record the CRM serves (and
-keep the deleted ones: only a complete read marks deletes), no id twice, and ask for at most a
-third of the pages again. The counts are checked by run.py's `verify_counts` (exact rows, no
-duplicate and no null id).
+100,000-record chunks (`CHUNK_RECORDS`), in its own process group. Once the simulator has served
+`--kill-at` of the pages, the group gets SIGKILL. While the first sync runs, records are inserted
+(appended, as a CRM's new records are); between the kill and the rerun, records are deleted from
+the part already loaded, which shifts the offsets of everything after them. The rerun must then
+load every record the CRM serves (and keep the deleted ones: only a complete read marks deletes),
+no id twice, and ask for at most a third of the pages again. The counts are checked by run.py's
+`verify_counts` (exact rows, no duplicate and no null id).
 
 Results go to `benchmarks/results/resume.md` and `resume.json` (or `--results-dir`).
 """
