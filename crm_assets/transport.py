@@ -368,9 +368,12 @@ class CRMTransport:
         if self.connection.access_key and self.connection.access_key_location == "query":
             send[self.connection.access_key_name] = self.connection.access_key
         url = _url(self.connection.base_url.rstrip("/") + path, send)
-        attempt = 1
+        attempt = 1  # attempts that count against max_attempts
+        sent = 0
+        paced_since: float | None = None  # the first 429 with Retry-After of this request
         while True:
             counters.requests += 1
+            sent += 1
             outcome = self._attempt(url, selector)
             self._pacer.observe(outcome.status)
             if outcome.body is not None:
@@ -379,6 +382,7 @@ class CRMTransport:
             if not outcome.transient or attempt >= self.policy.max_attempts:
                 break
             wait = self.policy.backoff(attempt, self._rng)
+            counts = True
             if outcome.retry_after is not None:
                 # Honour the server's own figure, with a little jitter so workers spread out, but
                 # never beyond CRM_REQUEST_MAX_BACKOFF: a server asking for an hour would
@@ -388,16 +392,25 @@ class CRMTransport:
                 wait = min(outcome.retry_after, self.policy.backoff_max) * (
                     1 + self._rng.uniform(0, 0.1)
                 )
+                # Retry-After says when *a* request may come again, and another worker may take
+                # that slot, again and again: against a token bucket with a small burst, one page
+                # lost ten such races within a second and failed a sync (measured). A request
+                # that is only being paced is retried for CRM_REQUEST_MAX_BACKOFF before those
+                # answers count as failed attempts.
+                now = time.monotonic()
+                paced_since = now if paced_since is None else paced_since
+                counts = now - paced_since >= self.policy.backoff_max
             counters.retries += 1
             self.log.warning(
                 f"{resource}: {outcome.kind} on GET {shown}; retry {attempt}/"
                 f"{self.policy.max_attempts - 1} in {wait:.2f} s"
             )
             time.sleep(wait)
-            attempt += 1
+            if counts:
+                attempt += 1
         detail = ""
         if outcome.transient:
-            detail = f"gave up after {attempt} attempts"
+            detail = f"gave up after {sent} attempts"
         elif outcome.status in (401, 403):
             detail = (
                 "check CRM_API_KEY"

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import re
 import socket
+import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -168,6 +171,64 @@ def test_retry_after_is_honoured_within_the_configured_bound(
     ]
     assert waits and all(0.5 <= w <= 0.5 * 1.1 for w in waits), log.lines
     assert_exact(workspace, simulator)
+
+
+@pytest.fixture
+def pacing_server() -> Iterator[tuple[str, list[int]]]:
+    """A server that answers every request of its first 0.5 s with 429 and `Retry-After: 0.001`
+    (a slot it keeps giving to someone else, as a busy token bucket does), then a page; and
+    answers 429 forever on /v1/never. Yields its URL and the statuses it sent."""
+    sent: list[int] = []
+    started: list[float] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            started.append(started[0] if started else time.monotonic())
+            limited = self.path.startswith("/v1/never") or time.monotonic() - started[0] < 0.5
+            status = 429 if limited else 200
+            body = b'{"error": "rate limit"}' if limited else b'{"data": [{"id": 1}]}'
+            sent.append(status)
+            self.send_response(status)
+            if limited:
+                self.send_header("Retry-After", "0.001")
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", sent
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_paced_request_is_retried_for_the_backoff_bound_not_a_count_of_attempts(
+    pacing_server: tuple[str, list[int]],
+) -> None:
+    """Three attempts would end within milliseconds of 429s whose Retry-After is 1 ms; a
+    request only being paced is retried until CRM_REQUEST_MAX_BACKOFF has passed, and gets its
+    page. A server that never lets it through still fails it, in one line."""
+    base_url, sent = pacing_server
+    policy = RequestPolicy(max_attempts=3, backoff_base=0.01, backoff_max=2.0)
+    connection = CRMConnection(base_url, API_KEY, ACCESS_KEY)
+    with CRMTransport(connection, policy, log=ListLog()) as transport:
+        body = transport.get("customers", "/v1/customers", {"startIndex": 0}, "data")
+        assert body["data"] == [{"id": 1}]
+        assert sent.count(429) > 3 and sent[-1] == 200
+    quick = RequestPolicy(max_attempts=3, backoff_base=0.01, backoff_max=0.2)
+    with (
+        CRMTransport(connection, quick, log=ListLog()) as transport,
+        pytest.raises(CRMAPIError) as failed,
+    ):
+        transport.get("customers", "/v1/never", {}, "data")
+    assert "HTTP 429" in str(failed.value) and "gave up after" in str(failed.value)
 
 
 def test_malformed_pages_and_missing_totals_are_retried_or_paged_around(
