@@ -321,7 +321,7 @@ class CRMTransport:
             response = self._http.request(
                 "GET", url, headers=self._headers, timeout=self._timeout, retries=_NO_RETRIES
             )
-        except (URLLib3Timeout, MaxRetryError, HTTPError) as exc:
+        except HTTPError as exc:  # urllib3's own base: timeouts and MaxRetryError included
             # Refused first: urllib3's NewConnectionError is also a (connect) TimeoutError.
             if _refused(exc):
                 return _Attempt(kind="connection refused")
@@ -392,6 +392,7 @@ class CRMTransport:
                 wait = min(outcome.retry_after, self.policy.backoff_max) * (
                     1 + self._rng.uniform(0, 0.1)
                 )
+            if outcome.retry_after is not None and outcome.status == 429:
                 # Retry-After says when *a* request may come again, and another worker may take
                 # that slot, again and again: against a token bucket with a small burst, one page
                 # lost ten such races within a second and failed a sync (measured). A request

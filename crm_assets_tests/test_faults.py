@@ -183,7 +183,8 @@ def pacing_server() -> Iterator[tuple[str, list[int]]]:
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            started.append(started[0] if started else time.monotonic())
+            if not started:
+                started.append(time.monotonic())
             limited = self.path.startswith("/v1/never") or time.monotonic() - started[0] < 0.5
             status = 429 if limited else 200
             body = b'{"error": "rate limit"}' if limited else b'{"data": [{"id": 1}]}'
