@@ -221,7 +221,8 @@ def scrub(text: str, secrets: Sequence[str]) -> str:
 
 class SecretScrubber(logging.Filter):
     """dlt's REST client logs request URLs and redacts the query parameters it knows as secret;
-    the access key is not one of them. This filter masks both secrets in every dlt log record."""
+    the access key is not one of them, and urllib3 redacts nothing in its DEBUG lines. This
+    filter masks both secrets in every record of the logger it is put on."""
 
     def __init__(self, secrets: Sequence[str]) -> None:
         super().__init__()

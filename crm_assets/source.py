@@ -619,9 +619,16 @@ def crm_source(
     return resources
 
 
-def _scrub_dlt_logs(secrets: tuple[str, ...]) -> None:
-    """One scrubber on dlt's logger, with this sync's secrets (see SecretScrubber)."""
-    dlt_logger = logging.getLogger("dlt")
-    for old in [f for f in dlt_logger.filters if isinstance(f, SecretScrubber)]:
-        dlt_logger.removeFilter(old)
-    dlt_logger.addFilter(SecretScrubber(secrets))
+# Loggers that write request URLs (query string and all) or headers: dlt's REST client, and
+# urllib3's pools and redirects at DEBUG. A logger's filter sees only the records logged on that
+# very logger, not its children's, so each one that writes is named.
+URL_LOGGERS = ("dlt", "urllib3.connectionpool", "urllib3.poolmanager", "urllib3.util.retry")
+
+
+def _scrub_logs(secrets: tuple[str, ...]) -> None:
+    """One scrubber on each logger that may write a URL, with this sync's secrets."""
+    for name in URL_LOGGERS:
+        logger = logging.getLogger(name)
+        for old in [f for f in logger.filters if isinstance(f, SecretScrubber)]:
+            logger.removeFilter(old)
+        logger.addFilter(SecretScrubber(secrets))

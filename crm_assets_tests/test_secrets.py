@@ -11,6 +11,7 @@ DuckDB, every text cell of every table, dlt's compressed state included).
 
 from __future__ import annotations
 
+import logging
 import socket
 from collections.abc import Iterator
 
@@ -126,6 +127,28 @@ def test_no_secret_anywhere_after_the_run(
     assert workspace.dagster_home.exists() and any(workspace.dagster_home.rglob("*.db"))
     if MODES[mode]:
         assert any(workspace.pipelines_dir.rglob("*")) and workspace.duckdb_path.exists()
+
+
+def test_no_secret_in_debug_logs(
+    located: CRMSimulator, workspace: Workspace, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A deployment that keeps Python's DEBUG logs gets every request line of the HTTP client,
+    retries included, with the query string: the keys in it are masked."""
+    located.faults = Faults(seed=31, **transient_rates(0.3))
+    caplog.set_level(logging.DEBUG)
+
+    assert materialize_all().success
+
+    request_lines = [
+        r for r in caplog.records if r.name.startswith("urllib3") and "/v1/" in r.getMessage()
+    ]
+    assert request_lines, "the HTTP client logged no request line at DEBUG"
+    leaked = [
+        f"{r.name}: {r.getMessage()}"
+        for r in caplog.records
+        if count_secrets(r.getMessage(), SECRETS)
+    ]
+    assert leaked == []
 
 
 def test_the_scan_finds_a_secret_where_one_was_written(workspace: Workspace) -> None:
