@@ -31,13 +31,14 @@ from dagster import (
 # integration code is dagster_dlt's, so it is imported from there (see the README).
 from dagster_dlt import DagsterDltResource, DagsterDltTranslator, dlt_assets
 from dagster_dlt.translator import DltResourceTranslatorData
+from dlt import config as dlt_config
 from dlt.destinations.exceptions import DatabaseUndefinedRelation
 from dlt.pipeline.pipeline import Pipeline
 from pydantic import Field
 
 from crm_assets.api import CRM_API
 from crm_assets.automation import CRM_GROUP
-from crm_assets.deletes import MassDeleteRefused, apply_deletes
+from crm_assets.deletes import MassDeleteRefused, apply_deletes, distinct_keys_loaded
 from crm_assets.errors import CRMAPIError, CRMConfigError, CRMError
 from crm_assets.resources import CRMCredentials, CRMRequestSettings, CRMWarehouse
 from crm_assets.source import ResourceStats, crm_source
@@ -46,6 +47,10 @@ from crm_assets.transport import CRMTransport
 
 KEY_PREFIX = "crm"
 LOADER_FILE_FORMAT = "parquet"  # flat memory and fast DuckDB loads (see the README)
+# Every row carries the load that wrote it, as in any dlt table (dlt leaves it out of Arrow
+# data unless asked; it adds it at extraction, as a dictionary column): deletes and duplicates
+# are counted from this run's loads in the warehouse, not from keys kept in memory.
+WITH_LOAD_IDS = {"normalize.parquet_normalizer.add_dlt_load_id": True}
 
 
 @contextmanager
@@ -302,12 +307,14 @@ def build_crm_assets(
             pipeline = crm_warehouse.pipeline()
             with (
                 fewer_gc_passes(),
+                dlt_config.values(WITH_LOAD_IDS),
                 CRMTransport(connection, policy, log=context.log) as transport,
             ):
                 stats_of: dict[str, ResourceStats] = {}
                 rows_loaded: Counter[str] = Counter()
                 phases: Counter[str] = Counter()  # seconds in each of dlt's steps, all rounds
                 rounds = 0
+                load_ids: list[str] = []  # the packages this run extracted, all rounds
                 results: dict[Any, MaterializeResult] = {}
                 refresh = {"refresh": "drop_resources"} if config.rebuild else {}
                 # One dlt load per round: a long read stops at each chunk's end (its position
@@ -336,6 +343,10 @@ def build_crm_assets(
                     rounds += 1
                     refresh = {}  # a rebuild drops the tables before the first round only
                     trace = pipeline.last_trace
+                    if trace.last_extract_info:
+                        # Not the load step's: that one also finishes packages a stopped run
+                        # left, whose rows this run did not read.
+                        load_ids.extend(trace.last_extract_info.loads_ids)
                     if trace.last_normalize_info:
                         rows_loaded.update(trace.last_normalize_info.row_counts)
                     for step in trace.steps:
@@ -353,15 +364,14 @@ def build_crm_assets(
                 if stats.failure:
                     failures.append(stats.failure)
                     continue
+                if stats.keyed_rows:
+                    stats.duplicate_keys = stats.keyed_rows - distinct_keys_loaded(
+                        pipeline, name, translator.primary_keys[name], load_ids
+                    )
                 if stats.complete:
                     try:
                         stats.rows_deleted = apply_deletes(
-                            pipeline,
-                            name,
-                            translator.primary_keys[name],
-                            stats.seen_keys,
-                            delete_mode,
-                            delete_share,
+                            pipeline, name, load_ids, delete_mode, delete_share
                         )
                     except MassDeleteRefused as exc:
                         failures.append(exc)

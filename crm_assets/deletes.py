@@ -4,8 +4,11 @@ The API has no deleted-records endpoint, so a delete shows only as an id that a 
 of the resource no longer returns: `cases` on every sync (one page, always read whole), the paged
 resources on a full refresh (the weekly `crm_reconcile_schedule`, or by hand). After such a read
 has loaded, every live row whose id it did not return is marked: `_crm_deleted_at` is set (soft,
-the default) or the row is removed (`hard`). A row that comes back is loaded again with
-`_crm_deleted_at` null. Live rows: `SELECT * FROM crm.<table> WHERE _crm_deleted_at IS NULL`.
+the default) or the row is removed (`hard`). Every record read was merged into the table by one
+of this run's loads, so those rows are the live rows whose `_dlt_load_id` is not one of this
+run's: the warehouse answers, and no key of the read is held in memory. A row that comes back
+is loaded again with `_crm_deleted_at` null. Live rows:
+`SELECT * FROM crm.<table> WHERE _crm_deleted_at IS NULL`.
 
 Safety first, because a wrong delete is data loss: a read that was not complete (a failed page,
 a total that moved while paging, a record without id, an incremental read) marks nothing, and a
@@ -14,12 +17,10 @@ read that would mark more than `max_delete_share` of the table marks nothing and
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Literal
 
-import pyarrow as pa
-import pyarrow.compute as pc
 from dlt.destinations.exceptions import DatabaseUndefinedRelation
 from dlt.pipeline.pipeline import Pipeline
 
@@ -28,53 +29,68 @@ from crm_assets.errors import CRMError
 DeleteMode = Literal["soft", "hard", "off"]
 DELETE_MODES: tuple[str, ...] = ("soft", "hard", "off")
 DELETED_COLUMN = "_crm_deleted_at"
-_CHUNK = 500  # ids per statement: short statements on every destination
+LOAD_ID_COLUMN = "_dlt_load_id"
+# dlt makes its load-id column NOT NULL, which it cannot add to a table loaded before its rows
+# carried one: nullable, the old rows keep a null there (and count as loaded by no run of now).
+LOAD_ID_HINT = {"data_type": "text", "nullable": True}
 
 
 class MassDeleteRefused(CRMError):
     """A complete read would have marked more of a table than the configured share."""
 
 
-def _literal(value: Any) -> str:
-    if isinstance(value, bool) or not isinstance(value, int | str):
-        value = str(value)
-    if isinstance(value, int):
-        return str(value)
-    return "'" + value.replace("'", "''") + "'"
+def _ids(load_ids: Sequence[str]) -> str:
+    return ", ".join("'" + i.replace("'", "''") + "'" for i in load_ids)
 
 
-def _chunks(values: list[Any]) -> Iterable[list[Any]]:
-    for start in range(0, len(values), _CHUNK):
-        yield values[start : start + _CHUNK]
+def distinct_keys_loaded(
+    pipeline: Pipeline, table: str, key_column: str, load_ids: Sequence[str]
+) -> int:
+    """Distinct keys among the rows of `table` that `load_ids` wrote: with the keyed records a
+    run read, it tells how many the CRM served more than once (the merge keeps one of each)."""
+    if not load_ids:
+        return 0
+    with pipeline.sql_client() as client:
+        qualified = client.make_qualified_table_name(table)
+        key = client.escape_column_name(key_column)
+        try:
+            rows = client.execute_sql(
+                f"SELECT count(DISTINCT {key}) FROM {qualified} "
+                f"WHERE {client.escape_column_name(LOAD_ID_COLUMN)} IN ({_ids(load_ids)})"
+            )
+        except DatabaseUndefinedRelation:
+            return 0
+    return int(rows[0][0]) if rows else 0
 
 
 def apply_deletes(
     pipeline: Pipeline,
     table: str,
-    key_column: str,
-    seen: pa.ChunkedArray | None,
+    load_ids: Sequence[str],
     mode: DeleteMode,
     max_share: float,
 ) -> int:
-    """Mark (or remove) the live rows of `table` whose key a complete read did not return.
-    Returns how many; raises `MassDeleteRefused`, having changed nothing, past `max_share`."""
+    """Mark (or remove) the live rows of `table` that a complete read, loaded by `load_ids`,
+    did not return. Returns how many; raises `MassDeleteRefused`, having changed nothing, past
+    `max_share`."""
     if mode == "off":
         return 0
-    # Every key read is now a live row (the merge just loaded it), so the live rows beyond the
-    # distinct keys read are the deleted ones: counted first, fetched only when there are any.
-    distinct_seen = pc.count_distinct(seen).as_py() if seen is not None and len(seen) else 0
     with pipeline.sql_client() as client:
         qualified = client.make_qualified_table_name(table)
-        key = client.escape_column_name(key_column)
         deleted = client.escape_column_name(DELETED_COLUMN)
+        load_id = client.escape_column_name(LOAD_ID_COLUMN)
+        gone = f"{deleted} IS NULL"
+        if load_ids:
+            # Rows loaded before the table had load ids have none, and were not loaded now.
+            gone += f" AND ({load_id} IS NULL OR {load_id} NOT IN ({_ids(load_ids)}))"
         try:
-            live, total = client.execute_sql(
-                f"SELECT count(*) FILTER (WHERE {deleted} IS NULL), count(*) FROM {qualified}"
+            count, total = client.execute_sql(
+                f"SELECT count(*) FILTER (WHERE {gone}), count(*) FROM {qualified}"
             )[0]
         except DatabaseUndefinedRelation:
             return 0  # nothing loaded yet: nothing to mark
-        count = int(live) - distinct_seen
-        if count <= 0:
+        count = int(count)
+        if count == 0:
             return 0
         if count > max_share * total:
             raise MassDeleteRefused(
@@ -82,21 +98,12 @@ def apply_deletes(
                 f"more than CRM_MAX_DELETE_SHARE={max_share:g} of the table; nothing was marked. "
                 "If the CRM really lost them, raise CRM_MAX_DELETE_SHARE for one run"
             )
-        rows = client.execute_sql(f"SELECT {key} FROM {qualified} WHERE {deleted} IS NULL")
-        live_keys = pa.array([row[0] for row in rows or []])
-        if seen is not None and len(seen):
-            live_keys = live_keys.filter(
-                pc.invert(pc.is_in(live_keys, value_set=seen.combine_chunks()))
+        if mode == "hard":
+            client.execute_sql(f"DELETE FROM {qualified} WHERE {gone}")
+        else:
+            now = datetime.now(UTC).isoformat()
+            client.execute_sql(
+                f"UPDATE {qualified} SET {deleted} = CAST('{now}' AS TIMESTAMP WITH TIME ZONE) "
+                f"WHERE {gone}"
             )
-        gone = live_keys.to_pylist()
-        now = datetime.now(UTC).isoformat()
-        for chunk in _chunks(gone):
-            ids = ", ".join(_literal(v) for v in chunk)
-            if mode == "hard":
-                client.execute_sql(f"DELETE FROM {qualified} WHERE {key} IN ({ids})")
-            else:
-                client.execute_sql(
-                    f"UPDATE {qualified} SET {deleted} = CAST('{now}' AS TIMESTAMP WITH TIME ZONE) "
-                    f"WHERE {key} IN ({ids})"
-                )
-    return len(gone)
+    return count

@@ -23,7 +23,7 @@ from dlt.extract.resource import DltResource
 
 from crm_assets.api import CRM_API
 from crm_assets.conversion import TIMESTAMP, ColumnType, Drift, KeyTypeChanged, TableBuilder
-from crm_assets.deletes import DELETED_COLUMN
+from crm_assets.deletes import DELETED_COLUMN, LOAD_ID_COLUMN, LOAD_ID_HINT
 from crm_assets.errors import CRMAPIError, CRMConfigError, CRMError
 from crm_assets.paging import PageCounters, Position, iter_pages
 from crm_assets.rest_api_path import (
@@ -86,9 +86,8 @@ class ResourceStats:
     cursor_end: str | None = None
     seconds: float = 0.0  # from the first request to the last record of this resource
     null_keys: int = 0
-    duplicate_keys: int = 0
-    key_chunks: list[Any] = field(default_factory=list, repr=False)
-    seen_keys: Any = None  # every key this sync read (an Arrow array), once it is complete
+    keyed_rows: int = 0  # records of this run handed to dlt with their key
+    duplicate_keys: int = 0  # keys served more than once in this run (set once it has loaded)
     complete: bool = False  # every record of the resource was read, so absent ids are deletes
     rows_deleted: int = 0
     more: bool = False  # the read stopped at a chunk's end: land it, then read on
@@ -303,7 +302,6 @@ def _extract(
         )
         return
     state.pop(RESUME_STATE_KEY, None)
-    stats.duplicate_keys = _duplicates(stats)
     # Complete: the fast path with no filter, in this run from the first record, a total the
     # CRM reported (or one page) that did not move while paging, every record had its id. Only
     # then may ids missing from this read be taken as deleted in the CRM. (Without a total a
@@ -511,22 +509,11 @@ def _to_table(
             # and fails the run once everything else has loaded.
             stats.null_keys += keys.null_count
             table = table.filter(pc.is_valid(keys))
-            keys = table[key]
-        stats.key_chunks.extend(keys.chunks)
+        stats.keyed_rows += table.num_rows
     # Every row read now is live: a row marked deleted before and served again is unmarked.
     return table.append_column(
         DELETED_COLUMN, pa.nulls(table.num_rows, pa.timestamp("us", tz="UTC"))
     )
-
-
-def _duplicates(stats: ResourceStats) -> int:
-    """Keys the API served more than once in this sync (the merge keeps one row of each)."""
-    if not stats.key_chunks:
-        return 0
-    keys = pa.chunked_array(stats.key_chunks)
-    stats.key_chunks = []
-    stats.seen_keys = keys
-    return len(keys) - pc.count_distinct(keys).as_py()
 
 
 def _newest(table: pa.Table, incremental: Mapping[str, Any] | None, builder: TableBuilder) -> Any:
@@ -582,7 +569,7 @@ def crm_source(
     via_dlt: dict[str, DltResource] = {}
     if transport is not None:
         _quiet_expected_dlt_warnings()
-        _scrub_dlt_logs(transport.connection.secrets)
+        _scrub_logs(transport.connection.secrets)
         everything = client_gap(config.get("client") or {})
         general = [spec["name"] for spec in specs if everything or fast_path_gap(spec) is not None]
         if general:
@@ -611,6 +598,7 @@ def crm_source(
                 data,
                 name=name,
                 primary_key=spec.get("primary_key"),
+                columns={LOAD_ID_COLUMN: LOAD_ID_HINT},
                 write_disposition=spec.get("write_disposition", "append"),
                 references=spec.get("references"),
                 parallelized=True,

@@ -65,6 +65,22 @@ def test_a_delete_is_marked_and_a_record_that_comes_back_is_unmarked(
     assert live(workspace, "cases") == served(simulator, "cases")
 
 
+def test_rows_loaded_before_rows_had_load_ids_are_marked_like_any_other(
+    workspace: Workspace, simulator: CRMSimulator
+) -> None:
+    """A warehouse loaded before its rows carried `_dlt_load_id` has nulls there: a complete
+    read marks the ones it did not return, and no other."""
+    assert sync_in_process(["crm/cases"]).success
+    with duckdb.connect(str(workspace.duckdb_path)) as con:
+        con.execute("UPDATE crm.cases SET _dlt_load_id = NULL")
+    gone = simulator.delete_records("cases", 2)
+    result = sync_in_process(["crm/cases"])
+    assert result.success
+    assert marked(workspace, "cases") == set(gone)
+    assert live(workspace, "cases") == served(simulator, "cases")
+    assert materialized_metadata(result)["cases"]["rows_deleted"].value == 2
+
+
 def test_a_read_that_was_not_complete_marks_nothing(
     workspace: Workspace, simulator: CRMSimulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
