@@ -374,7 +374,8 @@ class TableBuilder:
         self.renamed: dict[str, str] = {}  # API field -> column, where not its normalised name
         self.sent: set[str] = set()  # API fields seen in this sync
         self.new_hints: dict[str, dict[str, Any]] = {}
-        self._slow: set[str] = set()  # columns that met a misfit: converted one by one
+        # Columns that met a misfit, or broke the one-pass conversion: converted one by one.
+        self._slow: set[str] = set()
         for raw, column in (renames or {}).items():
             self._assign(raw, column)
         for raw in self.declared:
@@ -485,36 +486,60 @@ class TableBuilder:
     ) -> dict[str, pa.Array]:
         """The plain columns of a batch in one pass of Arrow's C++ converter over the records
         rather than one Python list per column (about half the time, measured on 10,000-record
-        batches). Empty when any value needs a closer look: the per-column path finds it."""
+        batches). A field that breaks the pass (numbers in a text field, say) is found, goes
+        column by column from then on, and the pass is made without it: one loose field must not
+        send every column of every batch the slow way. Empty when no field is to blame."""
         if not fields:
             return {}
+        try:
+            return self._struct_columns(records, fields)
+        except CONVERSION_ERRORS:
+            pass
+        broken = [raw for raw in fields if not self._converts(records, raw)]
+        if not broken or len(broken) == len(fields):
+            return {}
+        self._slow.update(self.columns[raw] for raw in broken)
+        try:
+            return self._struct_columns(records, [raw for raw in fields if raw not in broken])
+        except CONVERSION_ERRORS:
+            return {}
+
+    def _converts(self, records: list[dict[str, Any]], raw: str) -> bool:
+        try:
+            self._struct_columns(records, [raw])
+        except CONVERSION_ERRORS:
+            return False
+        return True
+
+    def _struct_columns(
+        self, records: list[dict[str, Any]], fields: list[str]
+    ) -> dict[str, pa.Array]:
+        """`fields` of `records` through one struct conversion; raises when a value would not
+        convert without loss."""
         kinds = {raw: self.types[self.columns[raw]] for raw in fields}
         transport = pa.struct([pa.field(raw, _STRUCT_TRANSPORT[kinds[raw]]) for raw in fields])
         integers = [raw for raw in fields if kinds[raw] == BIGINT]
         doubles = [raw for raw in fields if kinds[raw] == DOUBLE]
-        try:
-            struct = pa.array(records, transport)
-            if integers:
-                # Arrow turns 1.5 into 1 in an integer column without a word: the same values
-                # read as doubles must be equal.
-                as_double = pa.array(records, pa.struct([(f, pa.float64()) for f in integers]))
-                for raw in integers:
-                    same = pc.equal(struct.field(raw).cast(pa.float64()), as_double.field(raw))
-                    if pc.all(same).as_py() not in (True, None):
-                        raise pa.ArrowInvalid(f"{raw}: a fraction in an integer column")
-            if doubles:
-                # ... and True into 1.0 in a double column; read as integers, a boolean (or a
-                # string) raises.
-                pa.array(records, pa.struct([(f, pa.int64()) for f in doubles]))
-            out: dict[str, pa.Array] = {}
-            for raw in fields:
-                array = struct.field(raw)
-                kind = kinds[raw]
-                if kind in (TIMESTAMP, DATE):
-                    array = _temporal(array, kind)
-                out[self.columns[raw]] = array
-        except CONVERSION_ERRORS:
-            return {}
+        struct = pa.array(records, transport)
+        if integers:
+            # Arrow turns 1.5 into 1 in an integer column without a word: the same values read
+            # as doubles must be equal.
+            as_double = pa.array(records, pa.struct([(f, pa.float64()) for f in integers]))
+            for raw in integers:
+                same = pc.equal(struct.field(raw).cast(pa.float64()), as_double.field(raw))
+                if pc.all(same).as_py() not in (True, None):
+                    raise pa.ArrowInvalid(f"{raw}: a fraction in an integer column")
+        if doubles:
+            # ... and True into 1.0 in a double column; read as integers, a boolean (or a
+            # string) raises.
+            pa.array(records, pa.struct([(f, pa.int64()) for f in doubles]))
+        out: dict[str, pa.Array] = {}
+        for raw in fields:
+            array = struct.field(raw)
+            kind = kinds[raw]
+            if kind in (TIMESTAMP, DATE):
+                array = _temporal(array, kind)
+            out[self.columns[raw]] = array
         return out
 
     def _variants(

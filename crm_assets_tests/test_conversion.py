@@ -50,6 +50,23 @@ def test_declared_types_apply_where_the_values_convert_without_loss() -> None:
     assert b.drift().count == 0
 
 
+def test_numbers_in_a_text_field_load_as_text_and_leave_the_other_fields_in_one_pass() -> None:
+    b = builder({"id": {"data_type": "bigint"}, "phone": {"data_type": "text"}})
+    first = [{"id": 1, "phone": "+49 151", "name": "a", "seen": 2}]
+    b.build(first)
+    later = [
+        {"id": 2, "phone": 4915112345678, "name": "b", "seen": 3},
+        {"id": 3, "phone": "+1 212", "name": None, "seen": 4},
+    ]
+    table = b.build(later)
+    assert column(table, "phone") == ["4915112345678", "+1 212"]
+    assert column(table, "name") == ["b", None]
+    assert column(table, "seen") == [3, 4]
+    # Only the field that holds numbers left the one-pass conversion, for the rest of the sync.
+    assert [raw for raw in ("id", "phone", "name", "seen") if not b._plain(raw)] == ["phone"]
+    assert column(b.build(later), "phone") == ["4915112345678", "+1 212"]
+
+
 def test_a_declaration_the_data_does_not_fit_gives_way_to_the_data() -> None:
     b = builder(
         {
