@@ -41,7 +41,7 @@ from crm_assets.automation import CRM_GROUP
 from crm_assets.deletes import MassDeleteRefused, apply_deletes, distinct_keys_loaded
 from crm_assets.errors import CRMAPIError, CRMConfigError, CRMError
 from crm_assets.resources import CRMCredentials, CRMRequestSettings, CRMWarehouse
-from crm_assets.source import ResourceStats, crm_source
+from crm_assets.source import ResourceStats, chunked_reads, crm_source
 from crm_assets.sync_lock import exclusive_sync
 from crm_assets.transport import CRMTransport
 
@@ -321,7 +321,13 @@ def build_crm_assets(
                 # lands with its rows, in dlt's state) and the next round goes on from there.
                 while rounds == 0 or any(s.more for s in stats_of.values()):
                     going_on = [name for name, stats in stats_of.items() if stats.more]
-                    reading = len(going_on) if rounds else len(context.selected_asset_keys)
+                    reading = (
+                        len(going_on)
+                        if rounds
+                        else chunked_reads(
+                            api_config, (key.path[-1] for key in context.selected_asset_keys)
+                        )
+                    )
                     source = crm_source(
                         transport,
                         api_config,

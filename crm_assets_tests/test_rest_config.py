@@ -13,8 +13,9 @@ import pytest
 from dagster import AssetKey, DagsterInstance, materialize
 
 from crm_assets import build_definitions
-from crm_assets.api import CRM_API
+from crm_assets.api import CRM_API, resource_names
 from crm_assets.rest_api_path import client_gap, fast_path_gap
+from crm_assets.source import chunked_reads
 from crm_assets_tests.compare import record_differences
 from crm_assets_tests.conftest import (
     ACCESS_KEY,
@@ -92,6 +93,18 @@ def test_the_fast_path_takes_the_contract_and_dlt_the_rest() -> None:
     assert client_gap({"auth": {"type": "bearer", "token": "t"}}) == (
         "client.auth other than an api_key"
     )
+
+
+def test_only_offset_paged_reads_of_the_fast_path_share_a_chunk() -> None:
+    names = resource_names()
+    # cases comes on one page: read whole, it takes no share of a chunk.
+    assert chunked_reads(CRM_API, names) == len(names) - 1
+    assert chunked_reads(CRM_API, ["cases"]) == 0
+    link = {"path": "/v1/x", "data_selector": "data", "paginator": {"type": "json_link"}}
+    with_link = {**CRM_API, "resources": [*CRM_API["resources"], {"name": "x", "endpoint": link}]}
+    assert chunked_reads(with_link, [*names, "x"]) == len(names) - 1
+    bearer = {**CRM_API, "client": {**CRM_API["client"], "auth": {"type": "bearer", "token": "t"}}}
+    assert chunked_reads(bearer, names) == 0  # every entry goes through dlt
 
 
 def test_a_json_link_paginator_loads_every_page(
