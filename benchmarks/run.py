@@ -369,7 +369,8 @@ def _tail(log: Path, lines: int = 15) -> str:
 
 # The multiprocess executor's own figure ("23.71s", "1m33s"): step subprocesses plus the steps.
 EXECUTOR_RE = re.compile(r"parent process exiting after (?:([0-9]+)m)?([0-9.]+)s")
-STEP_RE = re.compile(r'Finished execution of step "(\w+)" in (?:([0-9]+)m)?([0-9.]+)s')
+# A step's own figure: "850ms", "23.71s", "1m33s".
+STEP_RE = re.compile(r'Finished execution of step "(\w+)" in (?:([0-9]+)m)?([0-9.]+)(ms|s)\b')
 # The sync's own account of its time (assets.timing_line).
 TIMING_RE = re.compile(
     r"sync timing: (?P<sync>[0-9.]+) s in (?P<loads>[0-9]+) load\(s\); extract "
@@ -422,7 +423,8 @@ def run_project(scenario: Scenario, base_url: str, work: Path) -> Measured:
         "retries": len(re.findall(r"; retry \d+/\d+ in ", text)),
     }
     detail["steps_s"] = {
-        step: _seconds(minutes, seconds) for step, minutes, seconds in STEP_RE.findall(text)
+        step: _seconds(minutes, seconds) / (1000 if unit == "ms" else 1)
+        for step, minutes, seconds, unit in STEP_RE.findall(text)
     }
     if m := TIMING_RE.search(text):
         detail["timing_s"] = {k: float(v) if "." in v else int(v) for k, v in m.groupdict().items()}
