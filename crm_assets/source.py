@@ -198,9 +198,6 @@ def _extract(
     # dlt's own resources keep their own incremental state and are read in one go; the fast path
     # keeps ours, and lands long reads in chunks.
     incremental = None if via_dlt is not None else endpoint.get("incremental")
-    # Only offset pages can be gone on from; a one-page resource is read whole.
-    if via_dlt is not None or not isinstance(endpoint.get("paginator"), Mapping):
-        chunking = None
     checkpoint = _checkpoint(transport, state, stats, name, full_refresh, chunking is not None)
     continuing, stats.more = stats.more, False
     params: dict[str, Any] = {}
@@ -544,22 +541,31 @@ def _progress(name: str, stats: ResourceStats) -> str:
     return f"{name}: {stats.pages:,} pages, {stats.records:,}{of_total} records fetched"
 
 
-def chunked_reads(config: Mapping[str, Any], names: Iterable[str]) -> int:
-    """How many of the resources `names` are read in chunks: the offset-paged entries of the
-    fast path (see `_extract`)."""
-    wanted = set(names)
+def _specs(config: Mapping[str, Any]) -> list[dict[str, Any]]:
     defaults = config.get("resource_defaults", {})
-    specs = [{**defaults, **entry} for entry in config["resources"]]
-    if client_gap(config.get("client") or {}) is not None:
-        return 0  # every entry goes through dlt
-    return sum(
-        1
-        for spec in specs
-        if spec["name"] in wanted
-        and fast_path_gap(spec) is None
-        and isinstance(spec["endpoint"], Mapping)
-        and isinstance(spec["endpoint"].get("paginator"), Mapping)
+    return [{**defaults, **entry} for entry in config["resources"]]
+
+
+def _through_dlt(config: Mapping[str, Any], spec: Mapping[str, Any]) -> bool:
+    """Whether dlt's own rest_api reads this entry (see rest_api_path.py)."""
+    return client_gap(config.get("client") or {}) is not None or fast_path_gap(spec) is not None
+
+
+def _in_chunks(config: Mapping[str, Any], spec: Mapping[str, Any]) -> bool:
+    """Whether a long read of this entry lands in chunks: only offset pages of the fast path
+    can be gone on from; a one-page resource, or one dlt reads, is read whole."""
+    endpoint = spec["endpoint"]
+    return (
+        not _through_dlt(config, spec)
+        and isinstance(endpoint, Mapping)
+        and isinstance(endpoint.get("paginator"), Mapping)
     )
+
+
+def chunked_reads(config: Mapping[str, Any], names: Iterable[str]) -> int:
+    """How many of the resources `names` are read in chunks."""
+    wanted = set(names)
+    return sum(1 for spec in _specs(config) if spec["name"] in wanted and _in_chunks(config, spec))
 
 
 @dlt.source(name=SOURCE_NAME)
@@ -583,14 +589,12 @@ def crm_source(
     """
     config = config if config is not None else CRM_API
     stats = stats if stats is not None else {}
-    defaults = config.get("resource_defaults", {})
-    specs = [{**defaults, **entry} for entry in config["resources"]]
+    specs = _specs(config)
     via_dlt: dict[str, DltResource] = {}
     if transport is not None:
         _quiet_expected_dlt_warnings()
         _scrub_logs(transport.connection.secrets)
-        everything = client_gap(config.get("client") or {})
-        general = [spec["name"] for spec in specs if everything or fast_path_gap(spec) is not None]
+        general = [spec["name"] for spec in specs if _through_dlt(config, spec)]
         if general:
             via_dlt = dlt_rest_resources(config, general, transport.connection)
     resources: list[DltResource] = []
@@ -609,7 +613,7 @@ def crm_source(
                 spec.get("primary_key"),
                 full_refresh,
                 via_dlt.get(name),
-                chunking,
+                chunking if _in_chunks(config, spec) else None,
             )
         )
         resources.append(
