@@ -496,13 +496,10 @@ class TableBuilder:
         except CONVERSION_ERRORS:
             pass
         broken = [raw for raw in fields if not self._converts(records, raw)]
-        if not broken or len(broken) == len(fields):
+        if not broken:
             return {}
         self._slow.update(self.columns[raw] for raw in broken)
-        try:
-            return self._struct_columns(records, [raw for raw in fields if raw not in broken])
-        except CONVERSION_ERRORS:
-            return {}
+        return self._fast_columns(records, [raw for raw in fields if raw not in broken])
 
     def _converts(self, records: list[dict[str, Any]], raw: str) -> bool:
         try:
