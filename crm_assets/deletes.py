@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 from dlt.destinations.exceptions import DatabaseUndefinedRelation
 from dlt.pipeline.pipeline import Pipeline
@@ -39,8 +39,9 @@ class MassDeleteRefused(CRMError):
     """A complete read would have marked more of a table than the configured share."""
 
 
-def _ids(load_ids: Sequence[str]) -> str:
-    return ", ".join("'" + i.replace("'", "''") + "'" for i in load_ids)
+def _ids(client: Any, load_ids: Sequence[str]) -> str:
+    """`load_ids` as a list of the destination's literals."""
+    return ", ".join(client.capabilities.escape_literal(i) for i in load_ids)
 
 
 def distinct_keys_loaded(
@@ -56,7 +57,7 @@ def distinct_keys_loaded(
         try:
             rows = client.execute_sql(
                 f"SELECT count(DISTINCT {key}) FROM {qualified} "
-                f"WHERE {client.escape_column_name(LOAD_ID_COLUMN)} IN ({_ids(load_ids)})"
+                f"WHERE {client.escape_column_name(LOAD_ID_COLUMN)} IN ({_ids(client, load_ids)})"
             )
         except DatabaseUndefinedRelation:
             return 0
@@ -82,7 +83,7 @@ def apply_deletes(
         gone = f"{deleted} IS NULL"
         if load_ids:
             # Rows loaded before the table had load ids have none, and were not loaded now.
-            gone += f" AND ({load_id} IS NULL OR {load_id} NOT IN ({_ids(load_ids)}))"
+            gone += f" AND ({load_id} IS NULL OR {load_id} NOT IN ({_ids(client, load_ids)}))"
         try:
             count, total = client.execute_sql(
                 f"SELECT count(*) FILTER (WHERE {gone}), count(*) FROM {qualified}"
