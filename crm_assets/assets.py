@@ -32,14 +32,20 @@ from dagster import (
 from dagster_dlt import DagsterDltResource, DagsterDltTranslator, dlt_assets
 from dagster_dlt.translator import DltResourceTranslatorData
 from dlt import config as dlt_config
-from dlt.destinations.exceptions import DatabaseUndefinedRelation
-from dlt.pipeline.pipeline import Pipeline
 from pydantic import Field
 
 from crm_assets.api import CRM_API
 from crm_assets.automation import CRM_GROUP
-from crm_assets.deletes import MassDeleteRefused, apply_deletes, distinct_keys_loaded
+from crm_assets.deletes import MassDeleteRefused, apply_deletes
 from crm_assets.errors import CRMAPIError, CRMConfigError, CRMError
+from crm_assets.loads import (
+    append_to,
+    keep_one_row_per_key,
+    row_count,
+    row_id_column,
+    rows_and_keys_written,
+    tables_to_append,
+)
 from crm_assets.resources import CRMCredentials, CRMRequestSettings, CRMWarehouse
 from crm_assets.source import ResourceStats, chunked_reads, crm_source
 from crm_assets.sync_lock import exclusive_sync
@@ -136,18 +142,6 @@ class CRMTranslator(DagsterDltTranslator):
                 },
             )
         )
-
-
-def _row_count(pipeline: Pipeline, table: str) -> int:
-    """Rows now in `table` at the destination (dagster-dlt's own count fails on a zero-row load);
-    a resource that has never had a record has no table yet, which is zero rows."""
-    try:
-        with pipeline.sql_client() as client:
-            qualified = client.make_qualified_table_name(table)
-            rows = client.execute_sql(f"SELECT count(*) FROM {qualified}")
-    except DatabaseUndefinedRelation:
-        return 0
-    return int(rows[0][0]) if rows else 0
 
 
 def drift_metadata(stats: ResourceStats) -> dict[str, Any]:
@@ -314,6 +308,7 @@ def build_crm_assets(
                 rows_loaded: Counter[str] = Counter()
                 phases: Counter[str] = Counter()  # seconds in each of dlt's steps, all rounds
                 rounds = 0
+                appending: set[str] = set()  # resources whose tables were empty: appended
                 load_ids: list[str] = []  # the packages this run extracted, all rounds
                 results: dict[Any, MaterializeResult] = {}
                 refresh = {"refresh": "drop_resources"} if config.rebuild else {}
@@ -335,6 +330,14 @@ def build_crm_assets(
                         stats=stats_of,
                         chunking=chunking.per_resource(reading),
                     )
+                    if rounds == 0:
+                        appending = tables_to_append(
+                            pipeline,
+                            source,
+                            (key.path[-1] for key in context.selected_asset_keys),
+                            config.rebuild,
+                        )
+                    append_to(source, appending)  # empty tables: every round (see loads.py)
                     if rounds:  # the reads that stopped at a chunk's end, and only those
                         source = source.with_resources(*going_on)
                     for result in dlt.run(
@@ -364,49 +367,59 @@ def build_crm_assets(
             load_info = pipeline.last_trace.last_load_info
             load_id = load_info.loads_ids[-1] if load_info and load_info.loads_ids else None
             failures: list[CRMError] = []
-            for key, result in results.items():
-                name = key.path[-1] if key else ""
-                stats = stats_of.get(name, ResourceStats())
-                if stats.failure:
-                    failures.append(stats.failure)
-                    continue
-                if stats.keyed_rows:
-                    stats.duplicate_keys = stats.keyed_rows - distinct_keys_loaded(
-                        pipeline, name, translator.primary_keys[name], load_ids
-                    )
-                if stats.complete:
-                    try:
-                        stats.rows_deleted = apply_deletes(
-                            pipeline, name, load_ids, delete_mode, delete_share
-                        )
-                    except MassDeleteRefused as exc:
-                        failures.append(exc)
-                    if stats.rows_deleted:
-                        context.log.info(
-                            f"{name}: {stats.rows_deleted:,} rows no longer in the CRM, "
-                            f"{'removed' if delete_mode == 'hard' else 'marked deleted'}"
-                        )
-                if stats.null_keys:
-                    read = stats.earlier_records + stats.records
-                    # Loaded, but not whole: the rest of the resource is in, and the run fails.
+            done: dict[Any, dict[str, Any]] = {}  # each resource's metadata, once accounted
+            row_id = row_id_column(pipeline)
+            with pipeline.sql_client() as client:  # one connection for what the loads left
+                for key, result in results.items():
+                    name = key.path[-1] if key else ""
+                    stats = stats_of.get(name, ResourceStats())
+                    if stats.failure:
+                        failures.append(stats.failure)
+                        continue
                     pk = translator.primary_keys.get(name, "id")
-                    failures.append(
-                        CRMError(
-                            f"{name}: {stats.null_keys:,} of {read:,} records have no "
-                            f"{pk}; loaded {read - stats.null_keys:,}"
+                    if stats.keyed_rows:
+                        written, distinct = rows_and_keys_written(client, name, pk, load_ids)
+                        stats.duplicate_keys = stats.keyed_rows - distinct
+                        if written > distinct and name in appending and row_id:
+                            # Served twice into an append: one row per key, as a merge keeps.
+                            keep_one_row_per_key(client, name, pk, load_ids, row_id)
+                    if stats.complete:
+                        try:
+                            stats.rows_deleted = apply_deletes(
+                                client, name, load_ids, delete_mode, delete_share
+                            )
+                        except MassDeleteRefused as exc:
+                            failures.append(exc)
+                        if stats.rows_deleted:
+                            context.log.info(
+                                f"{name}: {stats.rows_deleted:,} rows no longer in the CRM, "
+                                f"{'removed' if delete_mode == 'hard' else 'marked deleted'}"
+                            )
+                    if stats.null_keys:
+                        read = stats.earlier_records + stats.records
+                        # Loaded, but not whole: the rest of the resource is in; the run fails.
+                        failures.append(
+                            CRMError(
+                                f"{name}: {stats.null_keys:,} of {read:,} records have no "
+                                f"{pk}; loaded {read - stats.null_keys:,}"
+                            )
                         )
+                    metadata = {
+                        **(result.metadata or {}),
+                        **_sync_metadata(
+                            stats, rows_loaded[name], row_count(client, name), seconds, load_id
+                        ),
+                        "load_mode": MetadataValue.text(
+                            "append (the table was empty)" if name in appending else "merge"
+                        ),
+                    }
+                    schema = loaded_table_schema(
+                        stats, translator.columns.get(name, {}), translator.primary_keys[name]
                     )
-                metadata = {
-                    **(result.metadata or {}),
-                    **_sync_metadata(
-                        stats, rows_loaded[name], _row_count(pipeline, name), seconds, load_id
-                    ),
-                }
-                schema = loaded_table_schema(
-                    stats, translator.columns.get(name, {}), translator.primary_keys[name]
-                )
-                if schema is not None:
-                    metadata["dagster/column_schema"] = schema
+                    if schema is not None:
+                        metadata["dagster/column_schema"] = schema
+                    done[key] = metadata
+            for key, metadata in done.items():
                 yield MaterializeResult(asset_key=key, metadata=metadata)
             if failures:
                 raise Failure(

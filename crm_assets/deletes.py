@@ -4,10 +4,11 @@ The API has no deleted-records endpoint, so a delete shows only as an id that a 
 of the resource no longer returns: `cases` on every sync (one page, always read whole), the paged
 resources on a full refresh (the weekly `crm_reconcile_schedule`, or by hand). After such a read
 has loaded, every live row whose id it did not return is marked: `_crm_deleted_at` is set (soft,
-the default) or the row is removed (`hard`). Every record read was merged into the table by one
-of this run's loads, so those rows are the live rows whose `_dlt_load_id` is not one of this
-run's: the warehouse answers, and no key of the read is held in memory. A row that comes back
-is loaded again with `_crm_deleted_at` null. Live rows:
+the default) or the row is removed (`hard`). Every record read was written into the table by
+one of this run's loads (merged, or appended into an empty table: see loads.py), so those rows
+are the live rows whose `_dlt_load_id` is not one of this run's: the warehouse answers, and no
+key of the read is held in memory. A row that comes back is loaded again with `_crm_deleted_at`
+null. Live rows:
 `SELECT * FROM crm.<table> WHERE _crm_deleted_at IS NULL`.
 
 Safety first, because a wrong delete is data loss: a read that was not complete (a failed page,
@@ -22,7 +23,6 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from dlt.destinations.exceptions import DatabaseUndefinedRelation
-from dlt.pipeline.pipeline import Pipeline
 
 from crm_assets.errors import CRMError
 
@@ -39,33 +39,13 @@ class MassDeleteRefused(CRMError):
     """A complete read would have marked more of a table than the configured share."""
 
 
-def _ids(client: Any, load_ids: Sequence[str]) -> str:
+def load_id_list(client: Any, load_ids: Sequence[str]) -> str:
     """`load_ids` as a list of the destination's literals."""
     return ", ".join(client.capabilities.escape_literal(i) for i in load_ids)
 
 
-def distinct_keys_loaded(
-    pipeline: Pipeline, table: str, key_column: str, load_ids: Sequence[str]
-) -> int:
-    """Distinct keys among the rows of `table` that `load_ids` wrote: with the keyed records a
-    run read, it tells how many the CRM served more than once (the merge keeps one of each)."""
-    if not load_ids:
-        return 0
-    with pipeline.sql_client() as client:
-        qualified = client.make_qualified_table_name(table)
-        key = client.escape_column_name(key_column)
-        try:
-            rows = client.execute_sql(
-                f"SELECT count(DISTINCT {key}) FROM {qualified} "
-                f"WHERE {client.escape_column_name(LOAD_ID_COLUMN)} IN ({_ids(client, load_ids)})"
-            )
-        except DatabaseUndefinedRelation:
-            return 0
-    return int(rows[0][0]) if rows else 0
-
-
 def apply_deletes(
-    pipeline: Pipeline,
+    client: Any,
     table: str,
     load_ids: Sequence[str],
     mode: DeleteMode,
@@ -76,35 +56,34 @@ def apply_deletes(
     `max_share`."""
     if mode == "off":
         return 0
-    with pipeline.sql_client() as client:
-        qualified = client.make_qualified_table_name(table)
-        deleted = client.escape_column_name(DELETED_COLUMN)
-        load_id = client.escape_column_name(LOAD_ID_COLUMN)
-        gone = f"{deleted} IS NULL"
-        if load_ids:
-            # Rows loaded before the table had load ids have none, and were not loaded now.
-            gone += f" AND ({load_id} IS NULL OR {load_id} NOT IN ({_ids(client, load_ids)}))"
-        try:
-            count, total = client.execute_sql(
-                f"SELECT count(*) FILTER (WHERE {gone}), count(*) FROM {qualified}"
-            )[0]
-        except DatabaseUndefinedRelation:
-            return 0  # nothing loaded yet: nothing to mark
-        count = int(count)
-        if count == 0:
-            return 0
-        if count > max_share * total:
-            raise MassDeleteRefused(
-                f"{table}: a complete read would mark {count:,} of {total:,} rows deleted, "
-                f"more than CRM_MAX_DELETE_SHARE={max_share:g} of the table; nothing was marked. "
-                "If the CRM really lost them, raise CRM_MAX_DELETE_SHARE for one run"
-            )
-        if mode == "hard":
-            client.execute_sql(f"DELETE FROM {qualified} WHERE {gone}")
-        else:
-            now = datetime.now(UTC).isoformat()
-            client.execute_sql(
-                f"UPDATE {qualified} SET {deleted} = CAST('{now}' AS TIMESTAMP WITH TIME ZONE) "
-                f"WHERE {gone}"
-            )
+    qualified = client.make_qualified_table_name(table)
+    deleted = client.escape_column_name(DELETED_COLUMN)
+    load_id = client.escape_column_name(LOAD_ID_COLUMN)
+    gone = f"{deleted} IS NULL"
+    if load_ids:
+        # Rows loaded before the table had load ids have none, and were not loaded now.
+        gone += f" AND ({load_id} IS NULL OR {load_id} NOT IN ({load_id_list(client, load_ids)}))"
+    try:
+        count, total = client.execute_sql(
+            f"SELECT count(*) FILTER (WHERE {gone}), count(*) FROM {qualified}"
+        )[0]
+    except DatabaseUndefinedRelation:
+        return 0  # nothing loaded yet: nothing to mark
+    count = int(count)
+    if count == 0:
+        return 0
+    if count > max_share * total:
+        raise MassDeleteRefused(
+            f"{table}: a complete read would mark {count:,} of {total:,} rows deleted, "
+            f"more than CRM_MAX_DELETE_SHARE={max_share:g} of the table; nothing was marked. "
+            "If the CRM really lost them, raise CRM_MAX_DELETE_SHARE for one run"
+        )
+    if mode == "hard":
+        client.execute_sql(f"DELETE FROM {qualified} WHERE {gone}")
+    else:
+        now = datetime.now(UTC).isoformat()
+        client.execute_sql(
+            f"UPDATE {qualified} SET {deleted} = CAST('{now}' AS TIMESTAMP WITH TIME ZONE) "
+            f"WHERE {gone}"
+        )
     return count

@@ -54,14 +54,43 @@ def test_full_sync_loads_every_record_once_with_the_same_values(
 def test_second_sync_merges_without_duplicates(
     workspace: Workspace, simulator: CRMSimulator
 ) -> None:
-    assert run_sync().success
+    synced = run_sync()
+    assert synced.success
     first = {name: workspace.count(name) for name in resource_names()}
+    # Into empty tables the first sync appends; every later one merges.
+    modes = {n: m["load_mode"].value for n, m in materialized_metadata(synced).items()}
+    assert modes == dict.fromkeys(resource_names(), "append (the table was empty)")
     changed = simulator.update_records("contacts", 7)
-    assert run_sync().success
+    again = run_sync()
+    assert again.success
+    modes = {n: m["load_mode"].value for n, m in materialized_metadata(again).items()}
+    assert modes == dict.fromkeys(resource_names(), "merge")
     assert {name: workspace.count(name) for name in resource_names()} == first
     assert_same_records(workspace, simulator, "contacts")
     rows = {r["id"]: r for r in workspace.rows("contacts")}
     assert all(rows[i]["updated_at"] is not None for i in changed)
+
+
+@every_profile
+def test_an_id_served_twice_into_an_empty_table_lands_once_as_its_later_record(
+    workspace: Workspace, simulator: CRMSimulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first sync appends; a record served again two pages later, after the first page
+    has landed in its own load, leaves one row: the later one, as a merge would keep."""
+    monkeypatch.setenv("CRM_CHUNK_RECORDS", "100")  # one page per load
+    ids = [r["id"] for r in simulator.records("customers")]
+    simulator.set_field("customers", ids[150], "email", "served-second@example.com")
+    simulator.set_field("customers", ids[150], "id", ids[10])
+    result = run_sync(selection=["crm/customers"])
+    assert result.success  # a repeat is the primary_key check's to report, not a failed load
+    rows = workspace.rows("customers")
+    assert len(rows) == len({r["id"] for r in rows}) == simulator.count("customers") - 1
+    assert next(r for r in rows if r["id"] == ids[10])["email"] == "served-second@example.com"
+    customers = materialized_metadata(result)["customers"]
+    assert customers["load_mode"].value == "append (the table was empty)"
+    assert customers["chunks"].value == 3
+    assert customers["duplicate_ids"].value == 1
+    assert customers["dagster/row_count"].value == len(rows)
 
 
 @every_profile

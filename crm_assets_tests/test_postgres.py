@@ -120,6 +120,36 @@ def test_postgres_destination_full_sync_then_merge(
     )
 
 
+def test_postgres_first_sync_keeps_one_row_of_an_id_served_twice(
+    workspace: Workspace, simulator: CRMSimulator, pg_dataset: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first sync appends into the empty table, then removes the repeat by its row id."""
+    monkeypatch.setenv("CRM_CHUNK_RECORDS", "100")  # the repeat lands in a later load
+    ids = [r["id"] for r in simulator.records("contacts")]
+    simulator.set_field("contacts", ids[150], "title", "served second")
+    simulator.set_field("contacts", ids[150], "id", ids[10])
+    defs = crm_assets.defs
+    contacts = [a for a in defs.assets if AssetKey(["crm", "contacts"]) in a.keys]
+    result = materialize(
+        contacts,
+        resources=defs.resources,
+        instance=DagsterInstance.get(),
+        selection=[AssetKey(["crm", "contacts"])],
+    )
+    assert result.success
+    served = simulator.count("contacts")
+    assert table_counts(pg_dataset, "contacts") == (served - 1, served - 1)
+    stored = query(
+        sql.SQL("SELECT title FROM {}.contacts WHERE id = {}").format(
+            sql.Identifier(pg_dataset), sql.Literal(ids[10])
+        )
+    )
+    assert stored == [("served second",)]
+    (event,) = result.get_asset_materialization_events()
+    assert event.materialization.metadata["load_mode"].value == "append (the table was empty)"
+    assert event.materialization.metadata["duplicate_ids"].value == 1
+
+
 def test_postgres_instance_storage_holds_the_run_and_its_events(
     workspace: Workspace, simulator: CRMSimulator, pg_dataset: str, pg_instance_db: str
 ) -> None:
