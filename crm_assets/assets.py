@@ -373,16 +373,17 @@ def build_crm_assets(
                 for key, result in results.items():
                     name = key.path[-1] if key else ""
                     stats = stats_of.get(name, ResourceStats())
-                    if stats.failure:
-                        failures.append(stats.failure)
-                        continue
                     pk = translator.primary_keys.get(name, "id")
                     if stats.keyed_rows:
                         written, distinct = rows_and_keys_written(client, name, pk, load_ids)
                         stats.duplicate_keys = stats.keyed_rows - distinct
                         if written > distinct and name in appending and row_id:
-                            # Served twice into an append: one row per key, as a merge keeps.
+                            # Served twice into an append: one row per key, as a merge keeps;
+                            # a read that failed later has loaded its pages too.
                             keep_one_row_per_key(client, name, pk, load_ids, row_id)
+                    if stats.failure:
+                        failures.append(stats.failure)
+                        continue
                     if stats.complete:
                         try:
                             stats.rows_deleted = apply_deletes(

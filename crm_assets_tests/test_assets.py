@@ -93,6 +93,25 @@ def test_an_id_served_twice_into_an_empty_table_lands_once_as_its_later_record(
     assert customers["dagster/row_count"].value == len(rows)
 
 
+def test_a_read_that_fails_after_an_id_served_twice_leaves_one_row_of_it(
+    workspace: Workspace, simulator: CRMSimulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pages read before the failure are loaded, appended, and brought to one row per id
+    before the run fails: the next sync merges and would not see the repeat again."""
+    monkeypatch.setenv("CRM_REQUEST_MAX_ATTEMPTS", "2")
+    monkeypatch.setenv("CRM_REQUEST_TIMEOUT", "1")
+    ids = [r["id"] for r in simulator.records("customers")]
+    simulator.set_field("customers", ids[150], "id", ids[10])
+    simulator.hold("customers", 200)  # the last page never answers
+    try:
+        result = run_sync(selection=["crm/customers"])
+    finally:
+        simulator.release()
+    assert not result.success
+    rows = workspace.rows("customers")
+    assert len(rows) == len({r["id"] for r in rows}) == 199
+
+
 @every_profile
 def test_selecting_one_asset_requests_only_its_endpoint(
     workspace: Workspace, simulator: CRMSimulator
