@@ -4,12 +4,14 @@ The assets are defined from a source without credentials (import reads no secret
 the real source from the `CRMCredentials` resource and hands it to `DagsterDltResource.run`.
 """
 
+import atexit
 import gc
 import os
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
+from functools import cache
 from typing import Any
 
 import pyarrow as pa
@@ -76,6 +78,16 @@ def fewer_gc_passes(young_threshold: int = 10_000) -> Iterator[None]:
     finally:
         gc.set_threshold(*thresholds)
         gc.unfreeze()
+
+
+@cache  # once per process
+def skip_the_last_collection() -> None:
+    """Freeze every object when the process exits, so that the interpreter's last cyclic
+    collection has nothing to walk: it walked every object of Dagster and dlt, 0.6-0.7 s of
+    each `dagster asset materialize` after its run had ended (measured here). The teardown
+    still frees objects as before; only cycles unreachable by then are left to the operating
+    system. Registered when a sync starts, so after logging's own exit handler: it runs first."""
+    atexit.register(gc.freeze)
 
 
 def use_jemalloc_for_arrow() -> None:
@@ -297,6 +309,7 @@ def build_crm_assets(
         # pool settings: concurrent dlt runs corrupt each other's state (see exclusive_sync).
         with exclusive_sync(crm_warehouse, context.log):
             use_jemalloc_for_arrow()
+            skip_the_last_collection()
             started = time.monotonic()
             pipeline = crm_warehouse.pipeline()
             with (
