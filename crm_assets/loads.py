@@ -114,9 +114,14 @@ def tables_to_append(
     pipeline: Pipeline, source: DltSource, names: Iterable[str], rebuild: bool
 ) -> set[str]:
     """Which of the resources `names` this sync appends: those that merge into a table with
-    no row yet, or into one the sync rebuilds; on a destination with a row id only."""
+    no row yet, or into one the sync rebuilds; on a destination with a row id, and with no
+    package of a stopped run waiting to load."""
     merging = [n for n in names if n in source.resources and _merges(source.resources[n])]
     if not merging or row_id_column(pipeline) is None:
+        return set()
+    if pipeline.has_pending_data:
+        # A stopped run left packages that this run's load finishes first: their rows are not
+        # this run's, so a key they share with it would not be found again. Merge.
         return set()
     return set(merging) if rebuild else empty_tables(pipeline, merging)
 
