@@ -128,6 +128,21 @@ def test_a_json_link_paginator_loads_every_page(
     assert checks_of(result, "tasks")["primary_key"]
 
 
+def test_an_id_served_twice_by_a_json_link_api_lands_once(
+    workspace: Workspace, simulator: CRMSimulator
+) -> None:
+    """dlt reads this resource; its first sync, an append, still ends with one row per id."""
+    tasks = [{"id": f"T-{i:04d}", "title": f"Call back #{i}"} for i in range(1, 252)]
+    tasks[150] = {"id": "T-0011", "title": "served second"}
+    simulator.add_resource("tasks", tasks, paging="link")
+    result = sync(config_with(LINKED_TASKS), ["crm/tasks"])
+    rows = workspace.rows("tasks")
+    assert len(rows) == len({r["id"] for r in rows}) == 250
+    metadata = materialized_metadata(result)["tasks"]
+    assert metadata["duplicate_ids"].value == 1
+    assert not checks_of(result, "tasks")["primary_key"]
+
+
 def test_a_dependent_resource_reads_every_customer_s_notes(
     workspace: Workspace, simulator: CRMSimulator
 ) -> None:
