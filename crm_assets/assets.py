@@ -62,21 +62,25 @@ WITH_LOAD_IDS = {"normalize.parquet_normalizer.add_dlt_load_id": True}
 
 
 @contextmanager
-def fewer_gc_passes(young_threshold: int = 10_000) -> Iterator[None]:
-    """Keep CPython's cyclic GC from re-scanning Dagster's and dlt's objects during a sync.
+def without_cyclic_gc() -> Iterator[None]:
+    """Keep CPython's cyclic GC out of a sync; reference counting still frees every record.
 
-    Decoding pages allocates millions of containers, so the collector runs hundreds of times and
-    its full passes walk every long-lived object of the process: about 2 s of CPU per 400,000
-    records (measured). Objects alive before the sync are frozen (never scanned) and young
-    collections run less often; records hold no cycles, so reference counting frees them anyway.
+    Decoding pages allocates millions of containers, so the collector ran hundreds of times and
+    its older passes walked every record waiting in a batch: about 9% of the CPU samples of a
+    402,000-record sync (perf), even with young collections ten times rarer than the default.
+    Records hold no cycles. What a sync leaves in cycles (dlt's and Dagster's bookkeeping) is
+    small, about 34,000 objects per 400,000 records, collected in 0.03 s (measured here), and the
+    sync collects it after each round, so memory stays flat however long the read. Objects alive
+    before the sync are frozen: those collections do not walk Dagster's and dlt's modules.
     """
-    thresholds = gc.get_threshold()
+    enabled = gc.isenabled()
     gc.freeze()
-    gc.set_threshold(max(young_threshold, thresholds[0]), *thresholds[1:])
+    gc.disable()
     try:
         yield
     finally:
-        gc.set_threshold(*thresholds)
+        if enabled:
+            gc.enable()
         gc.unfreeze()
 
 
@@ -313,7 +317,7 @@ def build_crm_assets(
             started = time.monotonic()
             pipeline = crm_warehouse.pipeline()
             with (
-                fewer_gc_passes(),
+                without_cyclic_gc(),
                 dlt_config.values(WITH_LOAD_IDS),
                 CRMTransport(connection, policy, log=context.log) as transport,
             ):
@@ -364,6 +368,7 @@ def build_crm_assets(
                         results[result.asset_key] = result  # a later round's is the newer
                     rounds += 1
                     refresh = {}  # a rebuild drops the tables before the first round only
+                    gc.collect()  # this round's cycles (see without_cyclic_gc)
                     trace = pipeline.last_trace
                     if trace.last_extract_info:
                         # Not the load step's: that one also finishes packages a stopped run
