@@ -290,8 +290,17 @@ class CRMTransport:
         self._pool = ThreadPoolExecutor(self.policy.concurrency, thread_name_prefix="crm-http")
         self._http = _pool_manager(connection.base_url, self.policy.concurrency)
         self._headers = urllib3.make_headers(accept_encoding=True, user_agent=USER_AGENT)
+        self._retries = _NO_RETRIES
         if connection.access_key and connection.access_key_location == "header":
             self._headers[connection.access_key_name] = connection.access_key
+            # urllib3 drops Authorization and cookies when a redirect leads to another host
+            # (or scheme, or port), but not a header it cannot know is secret: the access key
+            # would go to wherever the CRM, or anything between, redirects. Same-host redirects
+            # keep it.
+            self._retries = _NO_RETRIES.new(
+                remove_headers_on_redirect=urllib3.Retry.DEFAULT_REMOVE_HEADERS_ON_REDIRECT
+                | {connection.access_key_name}
+            )
         self._timeout = urllib3.Timeout(
             connect=self.policy.connect_timeout, read=self.policy.read_timeout
         )
@@ -319,7 +328,7 @@ class CRMTransport:
         self._pacer.wait()
         try:
             response = self._http.request(
-                "GET", url, headers=self._headers, timeout=self._timeout, retries=_NO_RETRIES
+                "GET", url, headers=self._headers, timeout=self._timeout, retries=self._retries
             )
         except HTTPError as exc:  # urllib3's own base: timeouts and MaxRetryError included
             # Refused first: urllib3's NewConnectionError is also a (connect) TimeoutError.

@@ -7,6 +7,9 @@ instance summaries below are for the tests only.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +41,7 @@ __all__ = [
     "REPO_ROOT",
     "TRANSIENT_KINDS",
     "LeakReport",
+    "ScriptedServer",
     "all_run_ids",
     "cli_env",
     "count_secrets",
@@ -115,3 +119,46 @@ def run_summaries(dagster_home: Path) -> list[dict[str, Any]]:
                 }
             )
     return summaries
+
+
+# path -> status, headers, body
+Answer = Callable[[str], tuple[int, dict[str, str], bytes]]
+
+
+class ScriptedServer(ThreadingHTTPServer):
+    """A real HTTP server on 127.0.0.1 answering each GET with `answer(path)`, for what the
+    simulator does not do; it keeps every request it got (request line and headers) in `seen`.
+    Use it as a context manager."""
+
+    def __init__(self, answer: Answer) -> None:
+        self.seen: list[str] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                server.seen.append(f"GET {self.path}\n{self.headers}")
+                status, headers, body = answer(self.path)
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def __enter__(self) -> ScriptedServer:
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+        self.server_close()

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import re
 import socket
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -29,6 +27,7 @@ from crm_assets_tests.conftest import (
 )
 from crm_assets_tests.fault_support import (
     TRANSIENT_KINDS,
+    ScriptedServer,
     cli_env,
     count_secrets,
     duplicates,
@@ -181,33 +180,17 @@ def pacing_server() -> Iterator[tuple[str, list[int]]]:
     sent: list[int] = []
     started: list[float] = []
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            if not started:
-                started.append(time.monotonic())
-            limited = self.path.startswith("/v1/never") or time.monotonic() - started[0] < 0.5
-            status = 429 if limited else 200
-            body = b'{"error": "rate limit"}' if limited else b'{"data": [{"id": 1}]}'
-            sent.append(status)
-            self.send_response(status)
-            if limited:
-                self.send_header("Retry-After", "0.001")
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    def answer(path: str) -> tuple[int, dict[str, str], bytes]:
+        if not started:
+            started.append(time.monotonic())
+        limited = path.startswith("/v1/never") or time.monotonic() - started[0] < 0.5
+        sent.append(429 if limited else 200)
+        if limited:
+            return 429, {"Retry-After": "0.001"}, b'{"error": "rate limit"}'
+        return 200, {}, b'{"data": [{"id": 1}]}'
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", sent
-    finally:
-        server.shutdown()
-        server.server_close()
+    with ScriptedServer(answer) as server:
+        yield server.url, sent
 
 
 def test_a_paced_request_is_retried_for_the_backoff_bound_not_a_count_of_attempts(

@@ -19,8 +19,10 @@ import pytest
 from dagster import serialize_value
 
 from crm_assets.api import resource_names
+from crm_assets.transport import CRMConnection, CRMTransport
 from crm_assets_tests.conftest import ACCESS_KEY, API_KEY, SMALL_COUNTS, Workspace
 from crm_assets_tests.fault_support import (
+    ScriptedServer,
     count_secrets,
     leak_report,
     materialize_all,
@@ -174,3 +176,36 @@ def test_the_scan_finds_a_secret_where_one_was_written(workspace: Workspace) -> 
     assert leaks.output == 1
     assert any(path.endswith("trace.gz") for path in leaks.files)
     assert leaks.warehouse == {"crm.t.v": 5000}
+
+
+def test_a_redirect_to_another_host_does_not_take_the_access_key_along() -> None:
+    """The CRM, or a proxy in front of it, redirects a page to another host: the request
+    follows, without the access key header, as it would drop Authorization. A redirect within
+    the CRM's own host keeps the key, or the page would be refused."""
+    page = b'{"data": [{"id": 1}]}'
+
+    def other_answer(path: str) -> tuple[int, dict[str, str], bytes]:
+        return 200, {}, page
+
+    with ScriptedServer(other_answer) as other:
+
+        def crm_answer(path: str) -> tuple[int, dict[str, str], bytes]:
+            if path.startswith("/v1/elsewhere"):
+                return 302, {"Location": f"{other.url}/v1/customers"}, b""
+            if path.startswith("/v1/moved"):
+                return 302, {"Location": "/v1/customers"}, b""
+            return 200, {}, page
+
+        with ScriptedServer(crm_answer) as crm:
+            connection = CRMConnection(crm.url, API_KEY, ACCESS_KEY)
+            with CRMTransport(connection) as transport:
+                away = transport.get("customers", "/v1/elsewhere", {"startIndex": 0}, "data")
+                home = transport.get("customers", "/v1/moved", {"startIndex": 0}, "data")
+    assert away["data"] == home["data"] == [{"id": 1}]
+    # The other host was asked, and got neither secret.
+    assert len(other.seen) == 1 and other.seen[0].startswith("GET /v1/customers")
+    assert count_secrets(other.seen[0], SECRETS) == 0, other.seen[0]
+    # The CRM's own host got the key on every request, the redirected one included.
+    followed = [r for r in crm.seen if r.startswith("GET /v1/customers")]
+    assert len(crm.seen) == 3 and len(followed) == 1
+    assert all(f"X-Access-Key: {ACCESS_KEY}" in r for r in crm.seen), crm.seen
