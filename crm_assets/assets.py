@@ -42,6 +42,7 @@ from crm_assets.deletes import MassDeleteRefused, apply_deletes
 from crm_assets.errors import CRMAPIError, CRMConfigError, CRMError
 from crm_assets.loads import (
     append_to,
+    checkpoints_between,
     keep_one_row_per_key,
     row_count,
     row_id_column,
@@ -320,6 +321,7 @@ def build_crm_assets(
                 without_cyclic_gc(),
                 dlt_config.values(WITH_LOAD_IDS),
                 CRMTransport(connection, policy, log=context.log) as transport,
+                checkpoints_between(pipeline, context.log) as round_loaded,
             ):
                 stats_of: dict[str, ResourceStats] = {}
                 rows_loaded: Counter[str] = Counter()
@@ -380,6 +382,8 @@ def build_crm_assets(
                         if step.step in ("extract", "normalize", "load") and step.finished_at:
                             took = step.finished_at - step.started_at
                             phases[step.step] += took.total_seconds()
+                    if any(s.more for s in stats_of.values()):
+                        round_loaded()  # its rows compressed while the next round is fetched
             seconds = time.monotonic() - started
             context.log.info(timing_line(seconds, rounds, phases, stats_of.values()))
             load_info = pipeline.last_trace.last_load_info
