@@ -17,8 +17,9 @@ destination merges from the first sync on.
 All the accounting after the loads (rows written, distinct keys, repeats removed, rows in the
 table, deletes) goes through one connection.
 
-In DuckDB most of a load's time is the checkpoint that compresses its rows into the file, which
-runs on one core when the load's last connection closes. A sync read in several rounds keeps a
+In DuckDB about half of a load's time is the checkpoint that compresses its rows into the file
+(0.84 of 1.71 s for 402,000 rows, timed alone), on one core when the load's last connection
+closes. A sync read in several rounds keeps a
 connection open instead, and checkpoints each round in the background while the next one is
 fetched: the fetching takes one core and the checkpoint the other (see `checkpoints_between`).
 """
