@@ -334,6 +334,8 @@ def build_crm_assets(
                 # One dlt load per round: a long read stops at each chunk's end (its position
                 # lands with its rows, in dlt's state) and the next round goes on from there.
                 while rounds == 0 or any(s.more for s in stats_of.values()):
+                    if rounds:
+                        round_loaded()  # its rows compressed while this round is fetched
                     going_on = [name for name, stats in stats_of.items() if stats.more]
                     reading = (
                         len(going_on)
@@ -382,8 +384,6 @@ def build_crm_assets(
                         if step.step in ("extract", "normalize", "load") and step.finished_at:
                             took = step.finished_at - step.started_at
                             phases[step.step] += took.total_seconds()
-                    if any(s.more for s in stats_of.values()):
-                        round_loaded()  # its rows compressed while the next round is fetched
             seconds = time.monotonic() - started
             context.log.info(timing_line(seconds, rounds, phases, stats_of.values()))
             load_info = pipeline.last_trace.last_load_info
