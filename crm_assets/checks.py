@@ -35,6 +35,7 @@ REFERENCES = "references"
 DELETES = "deletes"
 # Deletes per sync below this are never a jump: a CRM loses a few records every day.
 DELETES_NOISE = 10
+SYNCS_COMPARED = 6  # the last sync's deletes against the five before it
 SCHEMA_DRIFT = "schema_drift"
 
 
@@ -115,8 +116,9 @@ class _Warehouse:
 
 
 def _latest_metadata(
-    context: AssetCheckExecutionContext, key: AssetKey, limit: int = 1
+    context: AssetCheckExecutionContext, key: AssetKey, limit: int
 ) -> list[Mapping[str, Any]]:
+    """The metadata of the asset's `limit` latest materializations, newest first."""
     records = context.instance.fetch_materializations(
         AssetRecordsFilter(asset_key=key), limit=limit
     ).records
@@ -129,7 +131,7 @@ def _value(metadata: Mapping[str, Any], name: str, default: Any = 0) -> Any:
 
 
 def _primary_key(
-    db: _Warehouse, context: AssetCheckExecutionContext, key: AssetKey, table: str, pk: str
+    db: _Warehouse, history: Sequence[Mapping[str, Any]], key: AssetKey, table: str, pk: str
 ) -> AssetCheckResult:
     column = db.column(pk)
     rows = db.query(
@@ -137,7 +139,7 @@ def _primary_key(
         f"FROM {db.table(table)}"
     )
     null_in_table, duplicate_in_table = rows[0] if rows else (0, 0)
-    latest = (_latest_metadata(context, key) or [{}])[0]
+    latest = history[0] if history else {}
     served_without = _value(latest, "records_without_id")
     served_twice = _value(latest, "duplicate_ids")
     problems = int(null_in_table) + int(duplicate_in_table) + served_without + served_twice
@@ -196,10 +198,9 @@ def _references(
 
 
 def _schema_drift(
-    context: AssetCheckExecutionContext, key: AssetKey, table: str
+    history: Sequence[Mapping[str, Any]], key: AssetKey, table: str
 ) -> AssetCheckResult:
-    latest = _latest_metadata(context, key)
-    now = latest[0] if latest else {}
+    now = history[0] if history else {}
     findings: list[str] = []
     never_sent = _value(now, "declared_never_sent", "-")
     undeclared = _value(now, "undeclared_fields", "-")
@@ -228,9 +229,9 @@ def _schema_drift(
     )
 
 
-def _deletes(context: AssetCheckExecutionContext, key: AssetKey, table: str) -> AssetCheckResult:
-    history = [_value(m, "rows_deleted") for m in _latest_metadata(context, key, limit=6)]
-    latest, before = (history[0], history[1:]) if history else (0, [])
+def _deletes(history: Sequence[Mapping[str, Any]], key: AssetKey, table: str) -> AssetCheckResult:
+    deleted = [_value(m, "rows_deleted") for m in history[:SYNCS_COMPARED]]
+    latest, before = (deleted[0], deleted[1:]) if deleted else (0, [])
     bound = max(DELETES_NOISE, 2 * max(before, default=0))
     return AssetCheckResult(
         asset_key=key,
@@ -265,8 +266,9 @@ def build_crm_checks(api_config: Mapping[str, Any] = CRM_API) -> list[AssetCheck
         # The checks read the pipeline folder and the DuckDB file a sync writes: they wait for
         # a sync in progress rather than fail on DuckDB's single-writer lock.
         with exclusive_sync(crm_warehouse, context.log), _Warehouse(crm_warehouse) as db:
+            histories: dict[AssetKey, list[Mapping[str, Any]]] = {}  # one read per asset
             results = [
-                evaluate(db, context, key)
+                evaluate(db, context, key, histories)
                 for key in sorted(
                     context.selected_asset_check_keys,
                     key=lambda k: (k.asset_key.to_user_string(), k.name),
@@ -275,18 +277,24 @@ def build_crm_checks(api_config: Mapping[str, Any] = CRM_API) -> list[AssetCheck
         yield from (r for r in results if r is not None)
 
     def evaluate(
-        db: _Warehouse, context: AssetCheckExecutionContext, check_key: AssetCheckKey
+        db: _Warehouse,
+        context: AssetCheckExecutionContext,
+        check_key: AssetCheckKey,
+        histories: dict[AssetKey, list[Mapping[str, Any]]],
     ) -> AssetCheckResult | None:
         key, name = check_key.asset_key, check_key.name
         table = key.path[-1]
-        if name == PRIMARY_KEY:
-            return _primary_key(db, context, key, table, resources[table].get("primary_key", pk))
         if name == REFERENCES:
             return _references(db, key, table, resources[table]["references"])
+        if key not in histories:
+            histories[key] = _latest_metadata(context, key, SYNCS_COMPARED)
+        history = histories[key]
+        if name == PRIMARY_KEY:
+            return _primary_key(db, history, key, table, resources[table].get("primary_key", pk))
         if name == DELETES:
-            return _deletes(context, key, table)
+            return _deletes(history, key, table)
         if name == SCHEMA_DRIFT:
-            return _schema_drift(context, key, table)
+            return _schema_drift(history, key, table)
         return None
 
     # Both builders are marked beta in Dagster 1.13; their warning would print on every load
