@@ -37,7 +37,7 @@ from dlt import config as dlt_config
 from pydantic import Field
 
 from crm_assets.api import CRM_API
-from crm_assets.automation import CRM_GROUP
+from crm_assets.automation import CRM_GROUP, QUALITY_CHECKS
 from crm_assets.deletes import MassDeleteRefused, apply_deletes
 from crm_assets.errors import CRMAPIError, CRMConfigError, CRMError
 from crm_assets.loads import (
@@ -104,6 +104,14 @@ def use_jemalloc_for_arrow() -> None:
         return
     with suppress(NotImplementedError):  # a pyarrow built without jemalloc keeps its default
         pa.set_memory_pool(pa.jemalloc_memory_pool())
+
+
+def checks_follow(context: AssetExecutionContext) -> bool:
+    """Whether this run goes on to the checks that read the warehouse."""
+    steps = context.run.step_keys_to_execute
+    return context.job_def.graph.has_node_named(QUALITY_CHECKS) and (
+        steps is None or QUALITY_CHECKS in steps
+    )
 
 
 def asset_key(resource: str) -> AssetKey:
@@ -312,136 +320,141 @@ def build_crm_assets(
             raise Failure(description=str(exc), allow_retries=False) from None
         # One sync at a time per pipeline folder and per DuckDB file, whatever the instance's
         # pool settings: concurrent dlt runs corrupt each other's state (see exclusive_sync).
-        with exclusive_sync(crm_warehouse, context.log):
+        with exclusive_sync(crm_warehouse, context.log) as hold:
             use_jemalloc_for_arrow()
             skip_the_last_collection()
             started = time.monotonic()
             pipeline = crm_warehouse.pipeline()
-            with (
-                without_cyclic_gc(),
-                dlt_config.values(WITH_LOAD_IDS),
-                CRMTransport(connection, policy, log=context.log) as transport,
-                checkpoints_between(pipeline, context.log) as round_loaded,
-            ):
-                stats_of: dict[str, ResourceStats] = {}
-                rows_loaded: Counter[str] = Counter()
-                phases: Counter[str] = Counter()  # seconds in each of dlt's steps, all rounds
-                rounds = 0
-                appending: set[str] = set()  # resources whose tables were empty: appended
-                load_ids: list[str] = []  # the packages this run extracted, all rounds
-                results: dict[Any, MaterializeResult] = {}
-                refresh = {"refresh": "drop_resources"} if config.rebuild else {}
-                # One dlt load per round: a long read stops at each chunk's end (its position
-                # lands with its rows, in dlt's state) and the next round goes on from there.
-                while rounds == 0 or any(s.more for s in stats_of.values()):
-                    if rounds:
-                        round_loaded()  # its rows compressed while this round is fetched
-                    going_on = [name for name, stats in stats_of.items() if stats.more]
-                    reading = (
-                        len(going_on)
-                        if rounds
-                        else chunked_reads(
-                            api_config, (key.path[-1] for key in context.selected_asset_keys)
-                        )
-                    )
-                    source = crm_source(
-                        transport,
-                        api_config,
-                        full_refresh=config.full_refresh,
-                        stats=stats_of,
-                        chunking=chunking.per_resource(reading),
-                    )
-                    if rounds == 0:
-                        appending = tables_to_append(
-                            pipeline,
-                            source,
-                            (key.path[-1] for key in context.selected_asset_keys),
-                            config.rebuild,
-                        )
-                    append_to(source, appending)  # empty tables: every round (see loads.py)
-                    if rounds:  # the reads that stopped at a chunk's end, and only those
-                        source = source.with_resources(*going_on)
-                    for result in dlt.run(
-                        context=context,
-                        dlt_source=source,
-                        dlt_pipeline=pipeline,
-                        dagster_dlt_translator=translator,
-                        loader_file_format=LOADER_FILE_FORMAT,
-                        **refresh,
-                    ):
-                        results[result.asset_key] = result  # a later round's is the newer
-                    rounds += 1
-                    refresh = {}  # a rebuild drops the tables before the first round only
-                    gc.collect()  # this round's cycles (see without_cyclic_gc)
-                    trace = pipeline.last_trace
-                    if trace.last_extract_info:
-                        # Not the load step's: that one also finishes packages a stopped run
-                        # left, whose rows this run did not read.
-                        load_ids.extend(trace.last_extract_info.loads_ids)
-                    if trace.last_normalize_info:
-                        rows_loaded.update(trace.last_normalize_info.row_counts)
-                    for step in trace.steps:
-                        if step.step in ("extract", "normalize", "load") and step.finished_at:
-                            took = step.finished_at - step.started_at
-                            phases[step.step] += took.total_seconds()
-            seconds = time.monotonic() - started
-            context.log.info(timing_line(seconds, rounds, phases, stats_of.values()))
-            load_info = pipeline.last_trace.last_load_info
-            load_id = load_info.loads_ids[-1] if load_info and load_info.loads_ids else None
-            failures: list[CRMError] = []
-            done: dict[Any, dict[str, Any]] = {}  # each resource's metadata, once accounted
-            row_id = row_id_column(pipeline)
-            with pipeline.sql_client() as client:  # one connection for what the loads left
-                for key, result in results.items():
-                    name = key.path[-1] if key else ""
-                    stats = stats_of.get(name, ResourceStats())
-                    pk = translator.primary_keys.get(name, "id")
-                    if stats.keyed_rows:
-                        written, distinct = rows_and_keys_written(client, name, pk, load_ids)
-                        stats.duplicate_keys = stats.keyed_rows - distinct
-                        if written > distinct and name in appending and row_id:
-                            # Served twice into an append: one row per key, as a merge keeps;
-                            # a read that failed later has loaded its pages too.
-                            keep_one_row_per_key(client, name, pk, load_ids, row_id)
-                    if stats.failure:
-                        failures.append(stats.failure)
-                        continue
-                    if stats.complete:
-                        try:
-                            stats.rows_deleted = apply_deletes(
-                                client, name, load_ids, delete_mode, delete_share
-                            )
-                        except MassDeleteRefused as exc:
-                            failures.append(exc)
-                        if stats.rows_deleted:
-                            context.log.info(
-                                f"{name}: {stats.rows_deleted:,} rows no longer in the CRM, "
-                                f"{'removed' if delete_mode == 'hard' else 'marked deleted'}"
-                            )
-                    if stats.null_keys:
-                        read = stats.earlier_records + stats.records
-                        # Loaded, but not whole: the rest of the resource is in; the run fails.
-                        failures.append(
-                            CRMError(
-                                f"{name}: {stats.null_keys:,} of {read:,} records have no "
-                                f"{pk}; loaded {read - stats.null_keys:,}"
+            with checkpoints_between(pipeline, context.log) as checkpoints:
+                with (
+                    without_cyclic_gc(),
+                    dlt_config.values(WITH_LOAD_IDS),
+                    CRMTransport(connection, policy, log=context.log) as transport,
+                ):
+                    stats_of: dict[str, ResourceStats] = {}
+                    rows_loaded: Counter[str] = Counter()
+                    phases: Counter[str] = Counter()  # seconds in each of dlt's steps, all rounds
+                    rounds = 0
+                    appending: set[str] = set()  # resources whose tables were empty: appended
+                    load_ids: list[str] = []  # the packages this run extracted, all rounds
+                    results: dict[Any, MaterializeResult] = {}
+                    refresh = {"refresh": "drop_resources"} if config.rebuild else {}
+                    # One dlt load per round: a long read stops at each chunk's end (its position
+                    # lands with its rows, in dlt's state) and the next round goes on from there.
+                    while rounds == 0 or any(s.more for s in stats_of.values()):
+                        if rounds:
+                            checkpoints.after_round()  # compressed while this one is fetched
+                        going_on = [name for name, stats in stats_of.items() if stats.more]
+                        reading = (
+                            len(going_on)
+                            if rounds
+                            else chunked_reads(
+                                api_config, (key.path[-1] for key in context.selected_asset_keys)
                             )
                         )
-                    metadata = {
-                        **(result.metadata or {}),
-                        **_sync_metadata(
-                            stats, rows_loaded[name], row_count(client, name), seconds, load_id
-                        ),
-                        "load_mode": MetadataValue.text(
-                            "append (the table was empty)" if name in appending else "merge"
-                        ),
-                    }
-                    schema = loaded_table_schema(
-                        stats, translator.columns.get(name, {}), translator.primary_keys[name]
-                    )
-                    if schema is not None:
-                        metadata["dagster/column_schema"] = schema
-                    done[key] = metadata
+                        source = crm_source(
+                            transport,
+                            api_config,
+                            full_refresh=config.full_refresh,
+                            stats=stats_of,
+                            chunking=chunking.per_resource(reading),
+                        )
+                        if rounds == 0:
+                            appending = tables_to_append(
+                                pipeline,
+                                source,
+                                (key.path[-1] for key in context.selected_asset_keys),
+                                config.rebuild,
+                            )
+                        append_to(source, appending)  # empty tables: every round (see loads.py)
+                        if rounds:  # the reads that stopped at a chunk's end, and only those
+                            source = source.with_resources(*going_on)
+                        for result in dlt.run(
+                            context=context,
+                            dlt_source=source,
+                            dlt_pipeline=pipeline,
+                            dagster_dlt_translator=translator,
+                            loader_file_format=LOADER_FILE_FORMAT,
+                            **refresh,
+                        ):
+                            results[result.asset_key] = result  # a later round's is the newer
+                        rounds += 1
+                        refresh = {}  # a rebuild drops the tables before the first round only
+                        gc.collect()  # this round's cycles (see without_cyclic_gc)
+                        trace = pipeline.last_trace
+                        if trace.last_extract_info:
+                            # Not the load step's: that one also finishes packages a stopped run
+                            # left, whose rows this run did not read.
+                            load_ids.extend(trace.last_extract_info.loads_ids)
+                        if trace.last_normalize_info:
+                            rows_loaded.update(trace.last_normalize_info.row_counts)
+                        for step in trace.steps:
+                            if step.step in ("extract", "normalize", "load") and step.finished_at:
+                                took = step.finished_at - step.started_at
+                                phases[step.step] += took.total_seconds()
+                seconds = time.monotonic() - started
+                context.log.info(timing_line(seconds, rounds, phases, stats_of.values()))
+                load_info = pipeline.last_trace.last_load_info
+                load_id = load_info.loads_ids[-1] if load_info and load_info.loads_ids else None
+                failures: list[CRMError] = []
+                done: dict[Any, dict[str, Any]] = {}  # each resource's metadata, once accounted
+                row_id = row_id_column(pipeline)
+                with pipeline.sql_client() as client:  # one connection for what the loads left
+                    for key, result in results.items():
+                        name = key.path[-1] if key else ""
+                        stats = stats_of.get(name, ResourceStats())
+                        pk = translator.primary_keys.get(name, "id")
+                        if stats.keyed_rows:
+                            written, distinct = rows_and_keys_written(client, name, pk, load_ids)
+                            stats.duplicate_keys = stats.keyed_rows - distinct
+                            if written > distinct and name in appending and row_id:
+                                # Served twice into an append: one row per key, as a merge keeps;
+                                # a read that failed later has loaded its pages too.
+                                keep_one_row_per_key(client, name, pk, load_ids, row_id)
+                        if stats.failure:
+                            failures.append(stats.failure)
+                            continue
+                        if stats.complete:
+                            try:
+                                stats.rows_deleted = apply_deletes(
+                                    client, name, load_ids, delete_mode, delete_share
+                                )
+                            except MassDeleteRefused as exc:
+                                failures.append(exc)
+                            if stats.rows_deleted:
+                                context.log.info(
+                                    f"{name}: {stats.rows_deleted:,} rows no longer in the CRM, "
+                                    f"{'removed' if delete_mode == 'hard' else 'marked deleted'}"
+                                )
+                        if stats.null_keys:
+                            read = stats.earlier_records + stats.records
+                            # Loaded, but not whole: the rest of the resource is in; the run fails.
+                            failures.append(
+                                CRMError(
+                                    f"{name}: {stats.null_keys:,} of {read:,} records have no "
+                                    f"{pk}; loaded {read - stats.null_keys:,}"
+                                )
+                            )
+                        metadata = {
+                            **(result.metadata or {}),
+                            **_sync_metadata(
+                                stats, rows_loaded[name], row_count(client, name), seconds, load_id
+                            ),
+                            "load_mode": MetadataValue.text(
+                                "append (the table was empty)" if name in appending else "merge"
+                            ),
+                        }
+                        schema = loaded_table_schema(
+                            stats, translator.columns.get(name, {}), translator.primary_keys[name]
+                        )
+                        if schema is not None:
+                            metadata["dagster/column_schema"] = schema
+                        done[key] = metadata
+                if not failures and checks_follow(context):
+                    # The checks that read the warehouse come next in this run and wait for the
+                    # last checkpoint; Dagster records the materializations and runs its own
+                    # checks meanwhile.
+                    checkpoints.last_in_background(hold)
             for key, metadata in done.items():
                 yield MaterializeResult(asset_key=key, metadata=metadata)
             if failures:

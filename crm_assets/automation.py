@@ -15,6 +15,7 @@ from dagster import (
 )
 
 CRM_GROUP = "crm"
+QUALITY_CHECKS = "crm_quality_checks"  # the step of the checks that read the warehouse
 DEFAULT_SYNC_CRON = "0 2 * * *"  # daily, at night (UTC)
 DEFAULT_RECONCILE_CRON = "0 3 * * 0"  # weekly, Sunday night (UTC)
 

@@ -27,6 +27,7 @@ from dlt.destinations.exceptions import DatabaseTerminalException, DatabaseUndef
 
 from crm_assets.api import CRM_API
 from crm_assets.assets import asset_key
+from crm_assets.automation import QUALITY_CHECKS
 from crm_assets.resources import CRMWarehouse
 from crm_assets.sync_lock import exclusive_sync
 
@@ -257,7 +258,7 @@ def build_crm_checks(api_config: Mapping[str, Any] = CRM_API) -> list[AssetCheck
     @multi_asset_check(
         specs=_specs(api_config),
         can_subset=True,
-        name="crm_quality_checks",
+        name=QUALITY_CHECKS,
         description="Data-quality checks of the CRM tables.",
     )
     def crm_quality_checks(

@@ -8,15 +8,22 @@ overlap. So the run also holds OS file locks (`flock`) for the whole dlt run: a 
 for the first to finish, up to CRM_SYNC_LOCK_TIMEOUT seconds (default one hour), then fails with
 one line. The kernel drops a lock when its process dies, even by SIGKILL: a crashed run never
 leaves a stale lock behind.
+
+A sync may leave work to finish in the background once its rows are committed (DuckDB's last
+checkpoint, see loads.py): the locks stay held until that work ends, so that no other process
+opens a file this one still has open, and whatever in this process asks for them next (the
+checks that follow a sync in the same run) waits for that work first, without polling.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import threading
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -89,17 +96,88 @@ def _acquire(handle: IO[Any], path: Path, log: Log, deadline: float, timeout: fl
         time.sleep(_POLL_S)
 
 
+@dataclass
+class _Hold:
+    """An OS lock this process holds, and how many in it use it (the holder, and the threads
+    it left working in the background)."""
+
+    handle: IO[Any]
+    users: int = 1
+    background: list[threading.Thread] = field(default_factory=list)
+
+
+_guard = threading.Lock()
+_holds: dict[Path, _Hold] = {}
+
+
+def _take(path: Path, log: Log, deadline: float, timeout: float) -> None:
+    with _guard:
+        hold = _holds.get(path)
+        waiting = list(hold.background) if hold else []
+    for thread in waiting:  # this process's own work, left by a sync that has ended
+        thread.join(max(0.0, deadline - time.monotonic()))  # still at it: the lock times out
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = path.open("a")
+    try:
+        _acquire(handle, path, log, deadline, timeout)
+    except BaseException:
+        handle.close()
+        raise
+    with _guard:
+        _holds[path] = _Hold(handle)
+
+
+def _release(path: Path) -> None:
+    with _guard:
+        hold = _holds[path]
+        hold.users -= 1
+        hold.background = [t for t in hold.background if t is not threading.current_thread()]
+        if hold.users:
+            return
+        del _holds[path]
+    hold.handle.close()  # closing the file drops the lock
+
+
+@dataclass(frozen=True)
+class SyncHold:
+    """The locks of one warehouse, held by this process."""
+
+    paths: tuple[Path, ...]
+
+    def in_background(self, work: Callable[[], None], name: str) -> threading.Thread:
+        """Run `work` on a thread that keeps these locks until it returns, however long the
+        holder's own block lasts. Not a daemon: the process waits for it before exiting."""
+
+        def run() -> None:
+            try:
+                work()
+            finally:
+                for path in reversed(self.paths):
+                    _release(path)
+
+        thread = threading.Thread(target=run, name=name)
+        with _guard:
+            for path in self.paths:
+                _holds[path].users += 1
+                _holds[path].background.append(thread)
+        thread.start()
+        return thread
+
+
 @contextmanager
 def exclusive_sync(
     warehouse: CRMWarehouse, log: Log, timeout: float | None = None
-) -> Iterator[list[Path]]:
-    """Hold every lock of `warehouse` for the body; yields the lock paths."""
+) -> Iterator[SyncHold]:
+    """Hold every lock of `warehouse` for the body."""
     timeout = lock_timeout(warehouse) if timeout is None else timeout
     deadline = time.monotonic() + timeout
-    paths = sync_lock_paths(warehouse)
-    with ExitStack() as stack:
+    paths = tuple(sync_lock_paths(warehouse))
+    taken: list[Path] = []
+    try:
         for path in paths:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            handle = stack.enter_context(path.open("a"))
-            _acquire(handle, path, log, deadline, timeout)
-        yield paths
+            _take(path, log, deadline, timeout)
+            taken.append(path)
+        yield SyncHold(paths)
+    finally:
+        for path in reversed(taken):
+            _release(path)

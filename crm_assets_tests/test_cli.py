@@ -35,6 +35,24 @@ def test_materialize_all_from_the_cli_twice(workspace: Workspace, simulator: CRM
         for name in ("customers", "contacts", "cases", "leads", "opportunities"):
             assert workspace.count(name) == simulator.count(name)
             assert_same_records(workspace, simulator, name)
+        # The file is whole once the command has returned: its last checkpoint, left to the
+        # background while the checks ran, is done, with nothing left in DuckDB's log.
+        wal = workspace.duckdb_path.with_name(workspace.duckdb_path.name + ".wal")
+        assert workspace.duckdb_path.exists() and not wal.exists()
+
+
+def test_materialize_all_with_a_process_per_step(
+    workspace: Workspace, simulator: CRMSimulator
+) -> None:
+    # The sync and the checks in processes of their own: each takes the warehouse's locks in
+    # turn, and the sync's process ends with its last checkpoint done.
+    done = materialize_cli("*", env=clean_env(**workspace.env, CRM_EXECUTOR="multiprocess"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Launching subprocess for" in done.stderr  # a process per step, not one for all
+    for name in ("customers", "contacts", "cases", "leads", "opportunities"):
+        assert_same_records(workspace, simulator, name)
+    wal = workspace.duckdb_path.with_name(workspace.duckdb_path.name + ".wal")
+    assert not wal.exists()
 
 
 def test_cli_without_secrets_names_the_missing_variable(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 
 from crm_assets.api import resource_names
 from crm_assets.resources import CRMWarehouse
-from crm_assets.sync_lock import sync_lock_paths
+from crm_assets.sync_lock import SyncLockTimeout, exclusive_sync, sync_lock_paths
 from crm_assets_tests.conftest import Workspace, assert_same_records, materialized_metadata
 from crm_assets_tests.fault_support import (
     DAGSTER_EXE,
@@ -166,3 +167,58 @@ def test_a_run_that_cannot_get_the_lock_fails_without_touching_anything(
     assert not workspace.duckdb_path.exists()
     # Released by its holder, the lock is there for the next run.
     assert materialize_all().success
+
+
+class _Messages:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def info(self, message: str) -> None:
+        self.lines.append(message)
+
+    def warning(self, message: str) -> None:
+        self.lines.append(message)
+
+
+def test_work_a_sync_leaves_running_keeps_the_warehouse_locked_until_it_ends(
+    workspace: Workspace,
+) -> None:
+    warehouse = CRMWarehouse()
+    paths = sync_lock_paths(warehouse)
+    assert len(paths) == 2  # the pipeline folder's and the DuckDB file's
+    log = _Messages()
+    finish = threading.Event()
+    order: list[str] = []
+
+    def checkpoint() -> None:
+        finish.wait(10)
+        order.append("background work done")
+
+    with exclusive_sync(warehouse, log) as hold:
+        worker = hold.in_background(checkpoint, "test-checkpoint")
+    # The sync's block is over, its work is not: any other holder still finds both locks taken.
+    assert worker.is_alive()
+    assert all(_lock_held(path) for path in paths)
+    threading.Timer(0.5, finish.set).start()
+    # The next holder in this process waits for that work, not for a poll of the lock.
+    with exclusive_sync(warehouse, log, timeout=5):
+        order.append("next holder")
+        assert all(_lock_held(path) for path in paths)
+    assert order == ["background work done", "next holder"]
+    assert not any(_lock_held(path) for path in paths)
+    assert not any(WAITING in line for line in log.lines)
+
+
+def test_a_sync_in_progress_in_this_process_is_waited_for_like_any_other(
+    workspace: Workspace,
+) -> None:
+    warehouse = CRMWarehouse()
+    log = _Messages()
+    with (
+        exclusive_sync(warehouse, log),
+        pytest.raises(SyncLockTimeout),
+        exclusive_sync(warehouse, log, timeout=0.5),
+    ):
+        pass
+    assert any(WAITING in line for line in log.lines)
+    assert not any(_lock_held(path) for path in sync_lock_paths(warehouse))
