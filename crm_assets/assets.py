@@ -451,8 +451,8 @@ def build_crm_assets(
                             metadata["dagster/column_schema"] = schema
                         done[key] = metadata
                 if not failures and checks_follow(context):
-                    # The checks that read the warehouse come next in this run and wait for the
-                    # last checkpoint; Dagster records the materializations and runs its own
+                    # The checks that read the warehouse come next in this run and read beside
+                    # the last checkpoint; Dagster records the materializations and runs its own
                     # checks meanwhile.
                     checkpoints.last_in_background(hold)
             for key, metadata in done.items():

@@ -265,8 +265,12 @@ def build_crm_checks(api_config: Mapping[str, Any] = CRM_API) -> list[AssetCheck
         context: AssetCheckExecutionContext, crm_warehouse: CRMWarehouse
     ) -> Iterator[AssetCheckResult]:
         # The checks read the pipeline folder and the DuckDB file a sync writes: they wait for
-        # a sync in progress rather than fail on DuckDB's single-writer lock.
-        with exclusive_sync(crm_warehouse, context.log), _Warehouse(crm_warehouse) as db:
+        # a sync in progress rather than fail on DuckDB's single-writer lock, and read beside
+        # the last checkpoint of the sync that ran before them in this process.
+        with (
+            exclusive_sync(crm_warehouse, context.log, reading=True),
+            _Warehouse(crm_warehouse) as db,
+        ):
             histories: dict[AssetKey, list[Mapping[str, Any]]] = {}  # one read per asset
             results = [
                 evaluate(db, context, key, histories)

@@ -11,8 +11,9 @@ leaves a stale lock behind.
 
 A sync may leave work to finish in the background once its rows are committed (DuckDB's last
 checkpoint, see loads.py): the locks stay held until that work ends, so that no other process
-opens a file this one still has open, and whatever in this process asks for them next (the
-checks that follow a sync in the same run) waits for that work first, without polling.
+opens a file this one still has open. In this process, the checks that follow a sync in the
+same run read beside that work (DuckDB reads while it checkpoints), and another sync waits for
+it first, without polling.
 """
 
 from __future__ import annotations
@@ -110,10 +111,17 @@ _guard = threading.Lock()
 _holds: dict[Path, _Hold] = {}
 
 
-def _take(path: Path, log: Log, deadline: float, timeout: float) -> None:
+def _take(
+    path: Path, log: Log, deadline: float, timeout: float, beside: bool
+) -> list[threading.Thread]:
+    """Take the lock of `path`; returns the background work a reader (`beside`) goes on
+    beside rather than waiting for it."""
     with _guard:
         hold = _holds.get(path)
         waiting = list(hold.background) if hold else []
+        if beside and hold is not None and waiting and hold.users == len(waiting):
+            hold.users += 1  # only work a sync left holds it, in this process: read beside it
+            return waiting
     for thread in waiting:  # this process's own work, left by a sync that has ended
         thread.join(max(0.0, deadline - time.monotonic()))  # still at it: the lock times out
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -125,6 +133,7 @@ def _take(path: Path, log: Log, deadline: float, timeout: float) -> None:
         raise
     with _guard:
         _holds[path] = _Hold(handle)
+    return []
 
 
 def _release(path: Path) -> None:
@@ -166,18 +175,23 @@ class SyncHold:
 
 @contextmanager
 def exclusive_sync(
-    warehouse: CRMWarehouse, log: Log, timeout: float | None = None
+    warehouse: CRMWarehouse, log: Log, timeout: float | None = None, reading: bool = False
 ) -> Iterator[SyncHold]:
-    """Hold every lock of `warehouse` for the body."""
+    """Hold every lock of `warehouse` for the body. A body that only reads (`reading`) runs
+    beside the work a sync of this process left in the background, and ends once that work
+    has ended too; any other waits for it first."""
     timeout = lock_timeout(warehouse) if timeout is None else timeout
     deadline = time.monotonic() + timeout
     paths = tuple(sync_lock_paths(warehouse))
     taken: list[Path] = []
+    beside: list[threading.Thread] = []
     try:
         for path in paths:
-            _take(path, log, deadline, timeout)
+            beside += _take(path, log, deadline, timeout, reading)
             taken.append(path)
         yield SyncHold(paths)
     finally:
         for path in reversed(taken):
             _release(path)
+        for thread in beside:
+            thread.join()

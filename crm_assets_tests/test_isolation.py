@@ -180,15 +180,12 @@ class _Messages:
         self.lines.append(message)
 
 
-def test_work_a_sync_leaves_running_keeps_the_warehouse_locked_until_it_ends(
-    workspace: Workspace,
-) -> None:
-    warehouse = CRMWarehouse()
-    paths = sync_lock_paths(warehouse)
-    assert len(paths) == 2  # the pipeline folder's and the DuckDB file's
-    log = _Messages()
+def _sync_that_leaves_work(
+    warehouse: CRMWarehouse, log: _Messages, order: list[str]
+) -> tuple[threading.Thread, threading.Event]:
+    """A sync's block that leaves work in the background (as its last checkpoint); the work
+    ends when the returned event is set."""
     finish = threading.Event()
-    order: list[str] = []
 
     def checkpoint() -> None:
         finish.wait(10)
@@ -196,6 +193,18 @@ def test_work_a_sync_leaves_running_keeps_the_warehouse_locked_until_it_ends(
 
     with exclusive_sync(warehouse, log) as hold:
         worker = hold.in_background(checkpoint, "test-checkpoint")
+    return worker, finish
+
+
+def test_work_a_sync_leaves_running_keeps_the_warehouse_locked_until_it_ends(
+    workspace: Workspace,
+) -> None:
+    warehouse = CRMWarehouse()
+    paths = sync_lock_paths(warehouse)
+    assert len(paths) == 2  # the pipeline folder's and the DuckDB file's
+    log = _Messages()
+    order: list[str] = []
+    worker, finish = _sync_that_leaves_work(warehouse, log, order)
     # The sync's block is over, its work is not: any other holder still finds both locks taken.
     assert worker.is_alive()
     assert all(_lock_held(path) for path in paths)
@@ -222,3 +231,21 @@ def test_a_sync_in_progress_in_this_process_is_waited_for_like_any_other(
         pass
     assert any(WAITING in line for line in log.lines)
     assert not any(_lock_held(path) for path in sync_lock_paths(warehouse))
+
+
+def test_the_checks_read_beside_the_work_a_sync_left_and_end_after_it(
+    workspace: Workspace,
+) -> None:
+    warehouse = CRMWarehouse()
+    paths = sync_lock_paths(warehouse)
+    log = _Messages()
+    order: list[str] = []
+    _, finish = _sync_that_leaves_work(warehouse, log, order)
+    with exclusive_sync(warehouse, log, timeout=5, reading=True):
+        order.append("reading")  # at once, beside the work, under the same locks
+        assert all(_lock_held(path) for path in paths)
+        finish.set()
+    # The reader's block ends once the work it ran beside has ended, and frees the locks.
+    assert order == ["reading", "background work done"]
+    assert not any(_lock_held(path) for path in paths)
+    assert not any(WAITING in line for line in log.lines)
