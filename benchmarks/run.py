@@ -26,6 +26,9 @@ with what is measured, then runs each contender as a subprocess against it:
 (c) `benchmarks/floor.py`: every page fetched one after another by one `requests.Session` and
     decoded with `json`, nothing stored. In the remote scenario the floor is computed instead:
     pages / the API's allowed request rate.
+(d) in the fixed scenario only, `benchmarks/dagster_alone.py` through the same CLI: steps of the
+    project's shape (the same assets per step, the same checks per check step) that do nothing.
+    It is the part of every run that belongs to Dagster, which no sync can shorten.
 
 After (a) and (b) the DuckDB file is checked: every table has exactly the served record count, no
 null and no duplicate id. The check compares ids only with each other, so it holds for integer,
@@ -46,6 +49,9 @@ Peak RSS is measured two ways for each subprocess tree:
 For (b), the table "where the time goes" takes the wall time apart: the CLI's start-up and
 shut-down, the sync step and, from the sync's own timing line, dlt's extract (of which waiting
 for pages and typing records), normalize and load, the number of loads (chunks), and the checks.
+
+In the remote scenario the report also gives (b)'s sync step alone against the floor: the run
+less Dagster's start-up, shut-down and check steps.
 
 Results go to `benchmarks/results/latest.json` and `latest.md` (or `--results-dir`).
 """
@@ -165,7 +171,9 @@ def _remote(each: int, cases: int) -> tuple[Scenario, ...]:
 SCENARIOS: dict[str, tuple[Scenario, ...]] = {
     # The project on 5 records per resource: its fixed costs (start-up, checks, shut-down),
     # which the other rows' per-record costs are reckoned without.
-    "fixed": (Scenario("fixed", _counts(5, 5), contenders=("b",)),),
+    # Beside it, Dagster alone: the same CLI running steps of the project's shape that do
+    # nothing, so that the part of a run no sync can shorten is measured rather than guessed.
+    "fixed": (Scenario("fixed", _counts(5, 5), contenders=("d", "b")),),
     "local": (Scenario("local", _counts(100_000, 2_000)),),
     "remote": _remote(50_000, 1_000),
     # Memory that stays flat as the record count doubles, and the floor at the largest size.
@@ -185,6 +193,7 @@ LABELS = {
     "a": "(a) plain dlt, defaults",
     "b": "(b) this project (dagster CLI)",
     "c": "(c) floor",
+    "d": "(d) Dagster alone, no-op steps of (b)'s shape",
 }
 
 
@@ -450,6 +459,54 @@ def run_project(scenario: Scenario, base_url: str, work: Path) -> Measured:
     )
 
 
+# The project's steps as `benchmarks/dagster_alone.py` mirrors them: the assets each step
+# materializes and the checks each check step evaluates.
+SHAPE_CODE = """
+import json, sys
+from crm_assets import defs
+json.dump({
+    "assets": [sorted(k.to_user_string() for k in a.keys) for a in defs.assets],
+    "checks": [
+        sorted([k.asset_key.to_user_string(), k.name] for k in c.check_keys)
+        for c in defs.asset_checks
+    ],
+}, open(sys.argv[1], "w"))
+"""
+
+
+def run_dagster_alone(scenario: Scenario, base_url: str, work: Path) -> Measured:
+    shape = work / "shape.json"
+    env = _base_env(base_url)
+    subprocess.run([PYTHON, "-c", SHAPE_CODE, str(shape)], env=env, check=True, cwd=REPO_ROOT)
+    home = work / "dagster_home_alone"
+    home.mkdir()
+    env.update(DAGSTER_HOME=str(home), BENCH_SHAPE=str(shape))
+    log = work / "dagster_alone.log"
+    cmd = [DAGSTER, "asset", "materialize", "-f", str(BENCH_DIR / "dagster_alone.py")]
+    code, wall, peak, tree = measure([*cmd, "--select", "*"], env, log)
+    text = log.read_text(errors="replace")
+    shape_of = json.loads(shape.read_text())
+    detail: dict[str, Any] = {
+        "steps": len(shape_of["assets"]) + len(shape_of["checks"]),
+        "assets": sum(len(a) for a in shape_of["assets"]),
+        "checks": sum(len(c) for c in shape_of["checks"]),
+        "steps_s": {
+            step: _seconds(minutes, seconds) / (1000 if unit == "ms" else 1)
+            for step, minutes, seconds, unit in STEP_RE.findall(text)
+        },
+    }
+    return Measured(
+        "d",
+        code == 0,
+        wall,
+        0,
+        peak,
+        tree,
+        detail,
+        "" if code == 0 else f"exit {code}: {_tail(log)}",
+    )
+
+
 def run_floor(scenario: Scenario, base_url: str, work: Path) -> Measured:
     if scenario.computed_floor:
         assert scenario.rate_limit
@@ -483,7 +540,7 @@ def run_floor(scenario: Scenario, base_url: str, work: Path) -> Measured:
 
 PROJECT_ENV: dict[str, str] = {}  # --project-env: settings under test, reported with the results
 
-RUNNERS = {"a": run_baseline, "b": run_project, "c": run_floor}
+RUNNERS = {"a": run_baseline, "b": run_project, "c": run_floor, "d": run_dagster_alone}
 
 
 def load_averages() -> tuple[float, float, float]:
@@ -558,6 +615,13 @@ def _ratios(results: dict[str, Measured]) -> dict[str, float]:
         m = results.get(other)
         if m is not None and m.ok and m.wall_s:
             ratios[f"b/{other}"] = round(b.wall_s / m.wall_s, 3)
+    c, step = results.get("c"), b.detail.get("steps_s", {}).get(SYNC_STEP)
+    if c is not None and c.ok and c.wall_s and step:
+        # The sync step alone against the floor: the run less Dagster's start-up and checks.
+        ratios["step/c"] = round(step / c.wall_s, 3)
+    d = results.get("d")
+    if d is not None and d.ok and b.wall_s:
+        ratios["d/b"] = round(d.wall_s / b.wall_s, 3)
     return ratios
 
 
@@ -639,25 +703,30 @@ def to_markdown(report: dict[str, Any]) -> str:
             label = LABELS[key] + (" = pages / rate" if computed else "")
             if key == "c" and not computed:
                 label += ", fetch + json only"
-            correct = "n/a" if key == "c" else ("yes" if run["ok"] else "NO")
-            if key == "c" and not run["ok"]:
+            correct = "n/a" if key in ("c", "d") else ("yes" if run["ok"] else "NO")
+            if key in ("c", "d") and not run["ok"]:
                 correct = "FAILED"
+            records = "-" if key == "d" else f"{run['records']:,}"
+            per_s = "-" if key == "d" else f"{run['records_per_s']:,.0f}"
             lines.append(
                 f"| {sc['scenario']} | {sc['data']} | {label} | {run['wall_s']:.1f} | "
-                f"{run['records']:,} | {run['records_per_s']:,.0f} | {rss} | {tree} | {correct} |"
+                f"{records} | {per_s} | {rss} | {tree} | {correct} |"
             )
     lines += [
         "",
-        "| scenario | data | load avg at start | (b)/(a) | (b)/(c) | targets |",
-        "|---|---|---:|---:|---:|---|",
+        "| scenario | data | load avg at start | (b)/(a) | (b)/(c) | (b)'s sync step/(c) "
+        "| (d)/(b) | targets |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
     ]
     for sc in report["scenarios"]:
         r = sc["ratios"]
         ba = f"{r['b/a']:.3f} ({1 / r['b/a']:.1f}x faster)" if "b/a" in r else "-"
         bc = f"{r['b/c']:.2f}" if "b/c" in r else "-"
+        step = f"{r['step/c']:.2f}" if "step/c" in r else "-"
+        db = f"{r['d/b']:.2f}" if "d/b" in r else "-"
         load = " / ".join(f"{x:.2f}" for x in sc["load_averages"])
         lines.append(
-            f"| {sc['scenario']} | {sc['data']} | {load} | {ba} | {bc} | "
+            f"| {sc['scenario']} | {sc['data']} | {load} | {ba} | {bc} | {step} | {db} | "
             f"{_targets_text(sc['targets'])} |"
         )
     lines += ["", *where_the_time_goes(report["scenarios"])]
@@ -717,6 +786,15 @@ def where_the_time_goes(scenarios: list[dict[str, Any]]) -> list[str]:
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for sc in scenarios:
+        alone = sc["runs"].get("d")
+        if alone and alone["ok"]:
+            steps = alone["detail"]["steps_s"]
+            first = steps.get("assets_0", 0.0)
+            lines.append(
+                f"| {sc['scenario']} | {sc['data']}, (d) Dagster alone | {alone['wall_s']:.1f} | "
+                f"{alone['wall_s'] - sum(steps.values()):.1f} | {first:.2f} | - | - | - | - | - "
+                f"| - | {sum(steps.values()) - first:.2f} | - |"
+            )
         run = sc["runs"].get("b")
         if not run or not run["ok"]:
             continue
@@ -742,7 +820,9 @@ def where_the_time_goes(scenarios: list[dict[str, Any]]) -> list[str]:
     lines += [
         "",
         "Waiting and typing are the longest of any one resource (they run in parallel); "
-        "extract less the two is dlt's own extraction (writing the Arrow tables to files).",
+        "extract less the two is dlt's own extraction (writing the Arrow tables to files). "
+        "(d) runs the same steps doing nothing: its sync step materializes the same assets "
+        "and its check steps report the same checks, passed.",
     ]
     return lines
 
