@@ -3,7 +3,8 @@
 The harness runs the simulator CLI, plain dlt, the real `dagster` CLI and the floor fetcher as
 subprocesses; this checks it produces its table with the three runs and exact counts, both on the
 simulator's declared data (integer ids) and on the `crm` profile (18-character string ids,
-undeclared fields), so that the harness's own checks are known to work whatever the ids are.
+undeclared fields), so that the harness's own checks are known to work whatever the ids are;
+and the fixed scenario, whose Dagster-alone run must mirror the project's steps and checks.
 """
 
 from __future__ import annotations
@@ -11,13 +12,16 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus
 
+from crm_assets import defs
 from crm_assets.api import SEED_API
 from crm_assets_tests.conftest import REPO_ROOT, clean_env
 
@@ -114,3 +118,51 @@ def test_quick_local_benchmark_reports_correct_runs_for_each_profile(tmp_path: P
         assert f"| local | {row['data']} | {load} |" in table
     assert [row["data"] for row in rows] == ["string ids (crm)"]
     assert report["machine"]["nproc"] >= 1
+
+
+def test_fixed_benchmark_runs_dagster_alone_in_the_projects_shape(tmp_path: Path) -> None:
+    """(d) runs the project's steps doing nothing: the same assets and checks, as many steps,
+    through the same CLI, so that the fixed cost it reports is Dagster's part of a run."""
+    results = tmp_path / "results"
+    proc = subprocess.run(
+        [sys.executable, str(BENCH_DIR / "run.py"), "--scenario", "fixed", "--profile", "crm"]
+        + ["--quick", "--results-dir", str(results), "--keep"],
+        env=clean_env(),
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ((row,),) = [json.loads((results / "latest.json").read_text())["scenarios"]]
+    assert set(row["runs"]) == {"b", "d"}
+    alone, project = row["runs"]["d"], row["runs"]["b"]
+    assert alone["ok"], alone["error"]
+    assert project["ok"], project["error"]
+    checks = sum(len(c.check_keys) for c in defs.asset_checks)
+    steps = len(defs.assets) + len(defs.asset_checks)
+    assert (alone["detail"]["assets"], alone["detail"]["checks"]) == (5, checks)
+    # Every step of (d) ran, as many as (b) ran.
+    assert len(alone["detail"]["steps_s"]) == len(project["detail"]["steps_s"]) == steps
+    assert "d/b" in row["ratios"]
+
+    # Its run is in its own instance: one successful run with the checks all reported.
+    work = next(
+        Path(line.split(": ", 1)[1])
+        for line in proc.stdout.splitlines()
+        if line.startswith("work folder kept: ")
+    )
+    try:
+        home = next(work.glob("fixed*/dagster_home_alone"))
+        with DagsterInstance.from_config(str(home)) as instance:
+            (run,) = instance.get_runs()
+            assert run.status == DagsterRunStatus.SUCCESS
+            evaluations = instance.get_records_for_run(
+                run.run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION
+            ).records
+            assert len(evaluations) == checks
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    table = (results / "latest.md").read_text()
+    assert "| fixed | string ids (crm) | (d) Dagster alone" in table
