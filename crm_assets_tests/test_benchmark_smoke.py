@@ -66,20 +66,11 @@ def test_profile_option_accepts_one_a_list_or_all() -> None:
         parse("declared,salesforce")
 
 
-def test_quick_local_benchmark_reports_correct_runs_for_each_profile(tmp_path: Path) -> None:
-    results = tmp_path / "results"
+def _quick_run(scenario: str, results: Path, *extra: str) -> str:
+    """`benchmarks/run.py --quick` on one scenario, as a user runs it; its printed lines."""
     proc = subprocess.run(
-        [
-            sys.executable,
-            str(BENCH_DIR / "run.py"),
-            "--scenario",
-            "local",
-            "--profile",
-            ",".join(SMOKE_PROFILES),
-            "--quick",
-            "--results-dir",
-            str(results),
-        ],
+        [sys.executable, str(BENCH_DIR / "run.py"), "--scenario", scenario, "--quick"]
+        + ["--profile", ",".join(SMOKE_PROFILES), "--results-dir", str(results), *extra],
         env=clean_env(),
         cwd=REPO_ROOT,
         capture_output=True,
@@ -88,6 +79,12 @@ def test_quick_local_benchmark_reports_correct_runs_for_each_profile(tmp_path: P
         check=False,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_quick_local_benchmark_reports_correct_runs_for_each_profile(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    _quick_run("local", results)
     report = json.loads((results / "latest.json").read_text())
     assert report["profiles"] == list(SMOKE_PROFILES)
     rows = report["scenarios"]
@@ -124,17 +121,7 @@ def test_fixed_benchmark_runs_dagster_alone_in_the_projects_shape(tmp_path: Path
     """(d) runs the project's steps doing nothing: the same assets and checks, as many steps,
     through the same CLI, so that the fixed cost it reports is Dagster's part of a run."""
     results = tmp_path / "results"
-    proc = subprocess.run(
-        [sys.executable, str(BENCH_DIR / "run.py"), "--scenario", "fixed", "--profile", "crm"]
-        + ["--quick", "--results-dir", str(results), "--keep"],
-        env=clean_env(),
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    printed = _quick_run("fixed", results, "--keep")
     ((row,),) = [json.loads((results / "latest.json").read_text())["scenarios"]]
     assert set(row["runs"]) == {"b", "d"}
     alone, project = row["runs"]["d"], row["runs"]["b"]
@@ -150,7 +137,7 @@ def test_fixed_benchmark_runs_dagster_alone_in_the_projects_shape(tmp_path: Path
     # Its run is in its own instance: one successful run with the checks all reported.
     work = next(
         Path(line.split(": ", 1)[1])
-        for line in proc.stdout.splitlines()
+        for line in printed.splitlines()
         if line.startswith("work folder kept: ")
     )
     try:
