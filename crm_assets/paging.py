@@ -2,9 +2,11 @@
 
 The API contract pages by offset (`startIndex`, `limit`) and reports a `total`: once the first
 page has told the total, the other pages are fetched concurrently on the transport's workers and
-yielded in offset order. Without a total, pages are read one after another up to the first empty
-one. A resource without a paginator is one page. Entries of other shapes go through dlt's own
-rest_api machinery (rest_api_path.py).
+yielded in offset order. Without a total, the end is the first empty page: while pages come back
+full, a few of the next ones are asked for ahead (the last of them are past the end, a few
+requests spent for nothing); after a page that is not full, one page after another, each from
+where the last one ended. A resource without a paginator is one page. Entries of other shapes
+go through dlt's own rest_api machinery (rest_api_path.py).
 
 A read can start where an earlier one stopped (`Position`, kept in dlt's state by source.py).
 Offsets shift when the CRM inserts or deletes records in front of that point, so the offset alone
@@ -16,14 +18,20 @@ merge absorbs.
 
 from __future__ import annotations
 
+import math
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
 from crm_assets.errors import CRMConfigError
 from crm_assets.transport import CRMTransport, select_records
+
+# Pages asked for ahead of the one being read, per resource, when the API gives no total: enough
+# to keep the workers busy behind latency (four resources at once fill eight workers), few
+# enough that the requests past the end cost little against a rate limit.
+AHEAD_WITHOUT_TOTAL = 4
 
 
 @dataclass
@@ -151,35 +159,50 @@ def iter_pages(
     stats.step = step
     if records:
         yield records
-    if total is None:
-        # Without a total the only safe end is an empty page: step by what each page held.
-        # A resumed read may have yielded nothing yet (the anchor ended its page): it goes on.
-        ended = start is None and not records
-        while not ended:
-            if until is not None and stats.position >= until:
-                stats.cut = True
-                return
-            records, _ = fetch(stats.position)
-            stats.position += len(records)
-            ended = not records
-            if records:
-                yield records
+
+    def concurrently(total: int | None) -> Generator[list[dict[str, Any]], None, int | None]:
+        return _fetch_concurrently(
+            transport,
+            resource,
+            path,
+            selector,
+            step,
+            stats.position,
+            total,
+            until,
+            page_params,
+            select,
+            total_of,
+            note_total,
+            stats,
+        )
+
+    if total is not None:
+        yield from concurrently(total)
         return
-    yield from _fetch_concurrently(
-        transport,
-        resource,
-        path,
-        selector,
-        step,
-        stats.position,
-        total,
-        until,
-        page_params,
-        select,
-        total_of,
-        note_total,
-        stats,
-    )
+    # Without a total the only safe end is an empty page, and a page of another size than the
+    # step may be the server's own cap: from such a page on, the read steps by what each page
+    # held, one page after another. While pages come back full, the next ones are asked for
+    # ahead (at the end, those past the empty page are requests spent for nothing).
+    # A resumed read may have yielded nothing yet (the anchor ended its page): it goes on.
+    ended = start is None and not records
+    full = len(records) == step
+    while not ended:
+        if until is not None and stats.position >= until:
+            stats.cut = True
+            return
+        if full:
+            last = yield from concurrently(None)
+            if last is None:  # stopped at `until`
+                return
+            ended, full = last == 0, False
+            continue
+        records, _ = fetch(stats.position)
+        stats.position += len(records)
+        ended = not records
+        full = len(records) == step
+        if records:
+            yield records
 
 
 def _find_anchor(
@@ -235,23 +258,32 @@ def _fetch_concurrently(
     selector: str | None,
     step: int,
     next_offset: int,
-    total: int,
+    total: int | None,
     until: int | None,
     page_params: Callable[[int], dict[str, Any]],
     select: Callable[[Any], list[dict[str, Any]]],
     total_of: Callable[[Any], int | None],
     note_total: Callable[[int | None], None],
     stats: PageCounters,
-) -> Iterator[list[dict]]:
+) -> Generator[list[dict[str, Any]], None, int | None]:
+    """Pages from `next_offset` on, `step` apart, several at a time, yielded in order, up to
+    `total` (or a later total a page reports) and no further than `until`.
+
+    Without a total the end is not known: pages are asked for ahead only a few at a time, and
+    the first page that is not `step` records long ends this and its size is returned (0: the
+    listing has ended; more: the caller goes on one page at a time). None: `total` or `until`
+    was reached."""
     window: deque[tuple[int, Future[Any]]] = deque()
-    planned_end = total
+    planned_end: float = total if total is not None else math.inf
+    # Pages are yielded in order, so a page waiting out a Retry-After would idle every worker
+    # if only `concurrency` pages were queued; a deeper queue keeps them busy (the pool still
+    # bounds the requests in flight). Without a total, each page queued past the end is a
+    # request spent for nothing: a few keep the workers busy enough.
+    depth = 4 * transport.policy.concurrency if total is not None else AHEAD_WITHOUT_TOTAL
     try:
         while True:
-            # Pages are yielded in order, so a page waiting out a Retry-After would idle every
-            # worker if only `concurrency` pages were queued; a deeper queue keeps them busy
-            # (the pool still bounds the requests in flight).
             end = planned_end if until is None else min(planned_end, until)
-            while next_offset < end and len(window) < 4 * transport.policy.concurrency:
+            while next_offset < end and len(window) < depth:
                 window.append(
                     (
                         next_offset,
@@ -263,18 +295,20 @@ def _fetch_concurrently(
                 next_offset += step
             if not window:
                 stats.cut = end < planned_end
-                return
+                return None
             offset, future = window.popleft()
             body = future.result()
             newer = total_of(body)
             note_total(newer)
             # Records added while we page push the total up: fetch the new tail too.
-            if newer is not None and newer > planned_end:
+            if total is not None and newer is not None and newer > planned_end:
                 planned_end = newer
             records = select(body)
             if records:
                 stats.position = offset + len(records)
                 yield records
+            if total is None and len(records) != step:
+                return len(records)
     finally:
         for _, pending in window:
             pending.cancel()

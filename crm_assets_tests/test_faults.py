@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import re
 import socket
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from crm_assets.api import CRM_API, resource_names
 from crm_assets.errors import CRMAPIError
-from crm_assets.paging import iter_pages
+from crm_assets.paging import AHEAD_WITHOUT_TOTAL, iter_pages
 from crm_assets.transport import CRMConnection, CRMTransport, RequestPolicy
 from crm_assets_tests.conftest import (
     ACCESS_KEY,
@@ -234,6 +236,71 @@ def test_a_server_that_never_sends_total_is_paged_to_the_empty_page(
     assert materialize_all().success
     assert simulator.faults_injected()["omit_total"] > 0
     assert_exact(workspace, simulator)
+
+
+def _read_pages(
+    sim: CRMSimulator, resource: str, endpoint: dict[str, Any], into: list[list[dict[str, Any]]]
+) -> threading.Thread:
+    """A thread reading every page of `resource` from `sim` into `into`, as the sync does."""
+
+    def read() -> None:
+        connection = CRMConnection(sim.base_url, API_KEY, ACCESS_KEY)
+        with CRMTransport(connection, RequestPolicy(), log=ListLog()) as transport:
+            into.extend(iter_pages(transport, resource, endpoint))
+
+    return threading.Thread(target=read, name=f"read-{resource}")
+
+
+def test_without_a_total_full_pages_are_asked_for_a_few_ahead() -> None:
+    """Behind latency, pages read one after another would wait out each round trip in turn:
+    while pages come back full, the next AHEAD_WITHOUT_TOTAL are asked for at once, no more
+    (those past the end are requests spent for nothing). Held pages show which were asked."""
+    endpoint = next(r for r in CRM_API["resources"] if r["name"] == "customers")["endpoint"]
+    with CRMSimulator(
+        {"customers": 1_050}, api_key=API_KEY, access_key=ACCESS_KEY, faults=Faults(omit_total=True)
+    ) as sim:
+        hold = sim.hold("customers", 200)  # the first two pages answer, the rest wait
+        pages: list[list[dict[str, Any]]] = []
+        reader = _read_pages(sim, "customers", endpoint, pages)
+        reader.start()
+        try:
+            assert hold.reached.wait(30)
+            deadline = time.monotonic() + 30
+            while len(hold.held) < AHEAD_WITHOUT_TOTAL and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(0.3)  # room for a request beyond the window, which must not come
+            held = sorted(hold.held)
+        finally:
+            sim.release()
+            reader.join(60)
+        assert held == [200 + 100 * i for i in range(AHEAD_WITHOUT_TOTAL)]
+        served = [r["id"] for r in sim.records("customers")]
+        offsets = [int(r.params["startIndex"]) for r in sim.requests("customers")]
+    assert [r["id"] for page in pages for r in page] == served
+    # Every page once, the empty page at 1,100 ends the read, and the few asked for past it are
+    # the only requests spent for nothing.
+    assert sorted(set(offsets)) == sorted(offsets)
+    assert set(range(0, 1_200, 100)) <= set(offsets)
+    assert max(offsets) < 1_100 + 100 * AHEAD_WITHOUT_TOTAL
+
+
+def test_without_a_total_a_page_below_the_limit_is_followed_one_page_at_a_time() -> None:
+    """A server that caps pages below the limit asked for, and gives no total: a short page may
+    be its cap, not the end, so from it the read steps by what each page held and asks for
+    nothing ahead. Nothing is skipped, nothing read twice."""
+    customers = next(r for r in CRM_API["resources"] if r["name"] == "customers")["endpoint"]
+    endpoint = {**customers, "paginator": {**customers["paginator"], "limit": 150}}
+    with CRMSimulator(
+        {"customers": 520}, api_key=API_KEY, access_key=ACCESS_KEY, faults=Faults(omit_total=True)
+    ) as sim:  # the simulator serves at most 100 records a page
+        pages: list[list[dict[str, Any]]] = []
+        reader = _read_pages(sim, "customers", endpoint, pages)
+        reader.start()
+        reader.join(60)
+        served = [r["id"] for r in sim.records("customers")]
+        offsets = [int(r.params["startIndex"]) for r in sim.requests("customers")]
+    assert [r["id"] for page in pages for r in page] == served
+    assert offsets == [0, 100, 200, 300, 400, 500, 520]
 
 
 @every_profile

@@ -447,6 +447,7 @@ class Hold:
     offset: int
     reached: threading.Event = dataclasses.field(default_factory=threading.Event)
     released: threading.Event = dataclasses.field(default_factory=threading.Event)
+    held: list[int] = dataclasses.field(default_factory=list)  # the offsets waiting, in arrival
 
 
 class CRMSimulator:
@@ -1072,6 +1073,7 @@ class CRMSimulator:
                 return _json_error(400, "limit must be a positive integer")
         hold = self._holds.get(store.name)
         if hold is not None and store.paged and start >= hold.offset:
+            hold.held.append(start)
             hold.reached.set()
             hold.released.wait()
         since: float | None = None
