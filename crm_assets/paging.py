@@ -19,6 +19,7 @@ merge absorbs.
 from __future__ import annotations
 
 import math
+import threading
 from collections import deque
 from collections.abc import Callable, Generator, Iterator, Mapping
 from concurrent.futures import Future
@@ -274,6 +275,9 @@ def _fetch_concurrently(
     listing has ended; more: the caller goes on one page at a time). None: `total` or `until`
     was reached."""
     window: deque[tuple[int, Future[Any]]] = deque()
+    # Set when this read ends: pages still in flight then (past the end without a total, past
+    # a chunk's end) give up instead of retrying for nobody.
+    abandoned = threading.Event()
     planned_end: float = total if total is not None else math.inf
     # Pages are yielded in order, so a page waiting out a Retry-After would idle every worker
     # if only `concurrency` pages were queued; a deeper queue keeps them busy (the pool still
@@ -288,7 +292,12 @@ def _fetch_concurrently(
                     (
                         next_offset,
                         transport.submit(
-                            transport.get, resource, path, page_params(next_offset), selector
+                            transport.get,
+                            resource,
+                            path,
+                            page_params(next_offset),
+                            selector,
+                            abandoned,
                         ),
                     )
                 )
@@ -310,5 +319,6 @@ def _fetch_concurrently(
             if total is None and len(records) != step:
                 return len(records)
     finally:
+        abandoned.set()
         for _, pending in window:
             pending.cancel()

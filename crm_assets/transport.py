@@ -162,6 +162,10 @@ class _Attempt:
     retry_after: float | None = None
 
 
+class Abandoned(Exception):
+    """Raised instead of a retry of a request whose answer nobody waits for any more."""
+
+
 USER_AGENT = "crm-assets"
 # Retries are the transport's own (logged, jittered, paced); urllib3 only follows redirects.
 _NO_RETRIES = urllib3.Retry(total=None, connect=0, read=0, status=0, other=0, redirect=5)
@@ -366,10 +370,17 @@ class CRMTransport:
         return _Attempt(body=body, status=status)
 
     def get(
-        self, resource: str, path: str, params: Mapping[str, Any], selector: str | None = None
+        self,
+        resource: str,
+        path: str,
+        params: Mapping[str, Any],
+        selector: str | None = None,
+        abandoned: threading.Event | None = None,
     ) -> Any:
         """GET `path` with `params` (never secrets: they are added here), retrying transient
-        failures; returns the decoded JSON body or raises `CRMAPIError` with a one-line message."""
+        failures; returns the decoded JSON body or raises `CRMAPIError` with a one-line message.
+        Once `abandoned` is set (a page asked for ahead that the read no longer needs), a
+        failure is not retried: `Abandoned` is raised instead, without a word in the log."""
         counters = self.counters_for(resource)
         shown = _describe(path, params)
         send = dict(params)
@@ -390,6 +401,8 @@ class CRMTransport:
                 return outcome.body
             if not outcome.transient or attempt >= self.policy.max_attempts:
                 break
+            if abandoned is not None and abandoned.is_set():
+                raise Abandoned(resource)
             wait = self.policy.backoff(attempt, self._rng)
             counts = True
             if outcome.retry_after is not None:
@@ -415,7 +428,10 @@ class CRMTransport:
                 f"{resource}: {outcome.kind} on GET {shown}; retry {attempt}/"
                 f"{self.policy.max_attempts - 1} in {wait:.2f} s"
             )
-            time.sleep(wait)
+            if abandoned is not None and abandoned.wait(wait):
+                raise Abandoned(resource)
+            if abandoned is None:
+                time.sleep(wait)
             if counts:
                 attempt += 1
         detail = ""

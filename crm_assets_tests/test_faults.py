@@ -11,7 +11,9 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
+import orjson
 import pytest
 
 from crm_assets.api import CRM_API, resource_names
@@ -301,6 +303,33 @@ def test_without_a_total_a_page_below_the_limit_is_followed_one_page_at_a_time()
         offsets = [int(r.params["startIndex"]) for r in sim.requests("customers")]
     assert [r["id"] for page in pages for r in page] == served
     assert offsets == [0, 100, 200, 300, 400, 500, 520]
+
+
+def test_pages_asked_for_past_the_end_are_not_retried_for_nobody() -> None:
+    """An API without a total that answers 503 past the end of its listing: the pages asked for
+    ahead beyond the empty page fail, and are given up rather than retried (with a 5 s backoff,
+    a retry would hold the read's end, and spend requests, for pages nobody reads)."""
+    asked: list[int] = []
+
+    def answer(path: str) -> tuple[int, dict[str, str], bytes]:
+        offset = int(parse_qs(urlsplit(path).query)["startIndex"][0])
+        asked.append(offset)
+        if offset > 300:
+            return 503, {}, b'{"error": "out of range"}'
+        data = [{"id": offset + i} for i in range(100)] if offset < 300 else []
+        return 200, {}, orjson.dumps({"data": data})
+
+    endpoint = next(r for r in CRM_API["resources"] if r["name"] == "customers")["endpoint"]
+    policy = RequestPolicy(max_attempts=3, backoff_base=5.0, backoff_max=5.0)
+    log = ListLog()
+    with ScriptedServer(answer) as server:
+        connection = CRMConnection(server.url, API_KEY, ACCESS_KEY)
+        with CRMTransport(connection, policy, log=log) as transport:
+            pages = list(iter_pages(transport, "customers", endpoint))
+    assert [r["id"] for page in pages for r in page] == list(range(300))
+    past = [offset for offset in asked if offset > 300]
+    assert past and sorted(past) == sorted(set(past)), asked  # each asked for once, no retry
+    assert not [line for line in log.lines if "retry 2/" in line], log.lines
 
 
 @every_profile
