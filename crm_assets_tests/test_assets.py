@@ -69,6 +69,11 @@ def test_second_sync_merges_without_duplicates(
     assert_same_records(workspace, simulator, "contacts")
     rows = {r["id"]: r for r in workspace.rows("contacts")}
     assert all(rows[i]["updated_at"] is not None for i in changed)
+    # The loads' files are gone, a loaded package's record of them stays: the pipelines folder
+    # does not grow by the records of every sync.
+    loaded = [p for p in workspace.pipelines_dir.rglob("loaded/*") if p.is_dir()]
+    assert loaded and all((p / "package_completed.json").exists() for p in loaded)
+    assert not list(workspace.pipelines_dir.rglob("*.parquet"))
 
 
 @every_profile
