@@ -380,7 +380,7 @@ class CRMTransport:
         """GET `path` with `params` (never secrets: they are added here), retrying transient
         failures; returns the decoded JSON body or raises `CRMAPIError` with a one-line message.
         Once `abandoned` is set (a page asked for ahead that the read no longer needs), a
-        failure is not retried: `Abandoned` is raised instead, without a word in the log."""
+        failure is neither retried nor logged: `Abandoned` is raised instead."""
         counters = self.counters_for(resource)
         shown = _describe(path, params)
         send = dict(params)
@@ -428,10 +428,10 @@ class CRMTransport:
                 f"{resource}: {outcome.kind} on GET {shown}; retry {attempt}/"
                 f"{self.policy.max_attempts - 1} in {wait:.2f} s"
             )
-            if abandoned is not None and abandoned.wait(wait):
-                raise Abandoned(resource)
             if abandoned is None:
                 time.sleep(wait)
+            elif abandoned.wait(wait):  # woken early: nobody waits for this answer now
+                raise Abandoned(resource)
             if counts:
                 attempt += 1
         detail = ""
