@@ -407,6 +407,14 @@ def _seconds(minutes: str | None, seconds: str) -> float:
     return round(60 * float(minutes or 0) + float(seconds), 2)
 
 
+def _step_seconds(log_text: str) -> dict[str, float]:
+    """Each step's own figure from a Dagster CLI log, in seconds."""
+    return {
+        step: _seconds(minutes, seconds) / (1000 if unit == "ms" else 1)
+        for step, minutes, seconds, unit in STEP_RE.findall(log_text)
+    }
+
+
 def run_baseline(scenario: Scenario, base_url: str, work: Path) -> Measured:
     db = work / "baseline.duckdb"
     log = work / "baseline.log"
@@ -446,10 +454,7 @@ def run_project(scenario: Scenario, base_url: str, work: Path) -> Measured:
         "http_429_retries": text.count("HTTP 429"),
         "retries": len(re.findall(r"; retry \d+/\d+ in ", text)),
     }
-    detail["steps_s"] = {
-        step: _seconds(minutes, seconds) / (1000 if unit == "ms" else 1)
-        for step, minutes, seconds, unit in STEP_RE.findall(text)
-    }
+    detail["steps_s"] = _step_seconds(text)
     if m := TIMING_RE.search(text):
         detail["timing_s"] = {k: float(v) if "." in v else int(v) for k, v in m.groupdict().items()}
     if m := EXECUTOR_RE.search(text):
@@ -497,10 +502,7 @@ def run_dagster_alone(scenario: Scenario, base_url: str, work: Path) -> Measured
         "steps": len(shape_of["assets"]) + len(shape_of["checks"]),
         "assets": sum(len(a) for a in shape_of["assets"]),
         "checks": sum(len(c) for c in shape_of["checks"]),
-        "steps_s": {
-            step: _seconds(minutes, seconds) / (1000 if unit == "ms" else 1)
-            for step, minutes, seconds, unit in STEP_RE.findall(text)
-        },
+        "steps_s": _step_seconds(text),
     }
     return Measured(
         "d",

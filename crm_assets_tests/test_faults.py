@@ -60,6 +60,11 @@ def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CRM_REQUEST_TIMEOUT", "0.3")
 
 
+def _endpoint(resource: str) -> dict[str, Any]:
+    """The endpoint of `resource` in CRM_API, as the sync pages it."""
+    return next(r for r in CRM_API["resources"] if r["name"] == resource)["endpoint"]
+
+
 class ListLog:
     """A logger for the client that keeps its lines."""
 
@@ -164,8 +169,7 @@ def test_retry_after_is_honoured_within_the_configured_bound(
     ) as many_pages:
         connection = CRMConnection(many_pages.base_url, API_KEY, ACCESS_KEY)
         with CRMTransport(connection, policy, log=log) as transport:
-            endpoint = next(r for r in CRM_API["resources"] if r["name"] == "contacts")
-            pages = list(iter_pages(transport, "contacts", endpoint["endpoint"]))
+            pages = list(iter_pages(transport, "contacts", _endpoint("contacts")))
         assert sum(len(p) for p in pages) == 2000
     waits = [
         float(p["wait"])
@@ -257,7 +261,7 @@ def test_without_a_total_full_pages_are_asked_for_a_few_ahead() -> None:
     """Behind latency, pages read one after another would wait out each round trip in turn:
     while pages come back full, the next AHEAD_WITHOUT_TOTAL are asked for at once, no more
     (those past the end are requests spent for nothing). Held pages show which were asked."""
-    endpoint = next(r for r in CRM_API["resources"] if r["name"] == "customers")["endpoint"]
+    endpoint = _endpoint("customers")
     with CRMSimulator(
         {"customers": 1_050}, api_key=API_KEY, access_key=ACCESS_KEY, faults=Faults(omit_total=True)
     ) as sim:
@@ -290,7 +294,7 @@ def test_without_a_total_a_page_below_the_limit_is_followed_one_page_at_a_time()
     """A server that caps pages below the limit asked for, and gives no total: a short page may
     be its cap, not the end, so from it the read steps by what each page held and asks for
     nothing ahead. Nothing is skipped, nothing read twice."""
-    customers = next(r for r in CRM_API["resources"] if r["name"] == "customers")["endpoint"]
+    customers = _endpoint("customers")
     endpoint = {**customers, "paginator": {**customers["paginator"], "limit": 150}}
     with CRMSimulator(
         {"customers": 520}, api_key=API_KEY, access_key=ACCESS_KEY, faults=Faults(omit_total=True)
@@ -319,7 +323,7 @@ def test_pages_asked_for_past_the_end_are_not_retried_for_nobody() -> None:
         data = [{"id": offset + i} for i in range(100)] if offset < 300 else []
         return 200, {}, orjson.dumps({"data": data})
 
-    endpoint = next(r for r in CRM_API["resources"] if r["name"] == "customers")["endpoint"]
+    endpoint = _endpoint("customers")
     policy = RequestPolicy(max_attempts=3, backoff_base=5.0, backoff_max=5.0)
     log = ListLog()
     with ScriptedServer(answer) as server:
