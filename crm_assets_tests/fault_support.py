@@ -125,6 +125,19 @@ def run_summaries(dagster_home: Path) -> list[dict[str, Any]]:
 Answer = Callable[[str], tuple[int, dict[str, str], bytes]]
 
 
+class ListLog:
+    """A logger (the client's, a lock's) that keeps its lines, for a test to read."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def info(self, msg: str, *args: object) -> None:
+        self.lines.append(msg)
+
+    def warning(self, msg: str, *args: object) -> None:
+        self.lines.append(msg)
+
+
 class ScriptedServer(ThreadingHTTPServer):
     """A real HTTP server on 127.0.0.1 answering each GET with `answer(path)`, for what the
     simulator does not do; it keeps every request it got (request line and headers) in `seen`.

@@ -31,6 +31,7 @@ from crm_assets_tests.conftest import (
 )
 from crm_assets_tests.fault_support import (
     TRANSIENT_KINDS,
+    ListLog,
     ScriptedServer,
     cli_env,
     count_secrets,
@@ -63,19 +64,6 @@ def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
 def _endpoint(resource: str) -> dict[str, Any]:
     """The endpoint of `resource` in CRM_API, as the sync pages it."""
     return next(r for r in CRM_API["resources"] if r["name"] == resource)["endpoint"]
-
-
-class ListLog:
-    """A logger for the client that keeps its lines."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def info(self, msg: str, *args: object) -> None:
-        self.lines.append(msg)
-
-    def warning(self, msg: str, *args: object) -> None:
-        self.lines.append(msg)
 
 
 def user_messages(run_id: str) -> list[str]:

@@ -18,6 +18,7 @@ from crm_assets_tests.fault_support import (
     DAGSTER_EXE,
     MATERIALIZE_ALL,
     REPO_ROOT,
+    ListLog,
     cli_env,
     duplicates,
     materialize_all,
@@ -169,19 +170,8 @@ def test_a_run_that_cannot_get_the_lock_fails_without_touching_anything(
     assert materialize_all().success
 
 
-class _Messages:
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def info(self, message: str) -> None:
-        self.lines.append(message)
-
-    def warning(self, message: str) -> None:
-        self.lines.append(message)
-
-
 def _sync_that_leaves_work(
-    warehouse: CRMWarehouse, log: _Messages, order: list[str]
+    warehouse: CRMWarehouse, log: ListLog, order: list[str]
 ) -> tuple[threading.Thread, threading.Event]:
     """A sync's block that leaves work in the background (as its last checkpoint); the work
     ends when the returned event is set."""
@@ -202,7 +192,7 @@ def test_work_a_sync_leaves_running_keeps_the_warehouse_locked_until_it_ends(
     warehouse = CRMWarehouse()
     paths = sync_lock_paths(warehouse)
     assert len(paths) == 2  # the pipeline folder's and the DuckDB file's
-    log = _Messages()
+    log = ListLog()
     order: list[str] = []
     worker, finish = _sync_that_leaves_work(warehouse, log, order)
     # The sync's block is over, its work is not: any other holder still finds both locks taken.
@@ -222,7 +212,7 @@ def test_a_sync_in_progress_in_this_process_is_waited_for_like_any_other(
     workspace: Workspace,
 ) -> None:
     warehouse = CRMWarehouse()
-    log = _Messages()
+    log = ListLog()
     with (
         exclusive_sync(warehouse, log),
         pytest.raises(SyncLockTimeout),
@@ -238,7 +228,7 @@ def test_the_checks_read_beside_the_work_a_sync_left_and_end_after_it(
 ) -> None:
     warehouse = CRMWarehouse()
     paths = sync_lock_paths(warehouse)
-    log = _Messages()
+    log = ListLog()
     order: list[str] = []
     _, finish = _sync_that_leaves_work(warehouse, log, order)
     with exclusive_sync(warehouse, log, timeout=5, reading=True):
