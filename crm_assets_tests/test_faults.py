@@ -18,7 +18,7 @@ import pytest
 
 from crm_assets.api import CRM_API, resource_names
 from crm_assets.errors import CRMAPIError
-from crm_assets.paging import AHEAD_WITHOUT_TOTAL, iter_pages
+from crm_assets.paging import AHEAD_WITHOUT_TOTAL, PAGES_QUEUED_PER_WORKER, iter_pages
 from crm_assets.transport import CRMConnection, CRMTransport, RequestPolicy
 from crm_assets_tests.conftest import (
     ACCESS_KEY,
@@ -276,6 +276,29 @@ def test_without_a_total_full_pages_are_asked_for_a_few_ahead() -> None:
     assert sorted(set(offsets)) == sorted(offsets)
     assert set(range(0, 1_200, 100)) <= set(offsets)
     assert max(offsets) < 1_100 + 100 * AHEAD_WITHOUT_TOTAL
+
+
+def test_pages_fetched_ahead_of_a_slow_reader_are_bounded() -> None:
+    """Decoded pages wait in memory until the reader takes them: a reader that stops after two
+    pages leaves PAGES_QUEUED_PER_WORKER per worker fetched ahead, and no request beyond them,
+    however long it pauses. Taken up again, it gets every record once."""
+    endpoint = _endpoint("customers")
+    policy = RequestPolicy(concurrency=2)
+    ahead = PAGES_QUEUED_PER_WORKER * policy.concurrency
+    with CRMSimulator({"customers": 5_000}, api_key=API_KEY, access_key=ACCESS_KEY) as sim:
+        connection = CRMConnection(sim.base_url, API_KEY, ACCESS_KEY)
+        with CRMTransport(connection, policy, log=ListLog()) as transport:
+            pages = iter_pages(transport, "customers", endpoint)
+            read = [next(pages), next(pages)]  # the first page, then one of the queue
+            deadline = time.monotonic() + 30
+            while len(sim.requests("customers")) < 1 + ahead and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(0.3)  # room for a request beyond the queue, which must not come
+            asked = sorted(int(r.params["startIndex"]) for r in sim.requests("customers"))
+            read.extend(pages)
+        served = [r["id"] for r in sim.records("customers")]
+    assert asked == [100 * i for i in range(1 + ahead)]
+    assert [r["id"] for page in read for r in page] == served
 
 
 def test_without_a_total_a_page_below_the_limit_is_followed_one_page_at_a_time() -> None:
