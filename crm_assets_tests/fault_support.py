@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from crm_assets.api import resource_names
+from crm_assets.api import CRM_API, resource_names
 from crm_assets_tests.conftest import sync_in_process
 from crm_simulator.drill_support import (
     DAGSTER_EXE,
@@ -123,6 +123,11 @@ def run_summaries(dagster_home: Path) -> list[dict[str, Any]]:
 
 # path -> status, headers, body
 Answer = Callable[[str], tuple[int, dict[str, str], bytes]]
+
+
+def endpoint_of(resource: str) -> dict[str, Any]:
+    """The endpoint of `resource` in CRM_API, as the sync pages it."""
+    return next(r for r in CRM_API["resources"] if r["name"] == resource)["endpoint"]
 
 
 class ListLog:

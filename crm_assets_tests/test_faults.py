@@ -16,7 +16,7 @@ from urllib.parse import parse_qs, urlsplit
 import orjson
 import pytest
 
-from crm_assets.api import CRM_API, resource_names
+from crm_assets.api import resource_names
 from crm_assets.errors import CRMAPIError
 from crm_assets.paging import AHEAD_WITHOUT_TOTAL, PAGES_QUEUED_PER_WORKER, iter_pages
 from crm_assets.transport import CRMConnection, CRMTransport, RequestPolicy
@@ -36,6 +36,7 @@ from crm_assets_tests.fault_support import (
     cli_env,
     count_secrets,
     duplicates,
+    endpoint_of,
     leak_report,
     materialize_all,
     open_instance,
@@ -59,11 +60,6 @@ def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     """Many cheap attempts, and a read timeout the simulator's slow responses exceed."""
     monkeypatch.setenv("CRM_REQUEST_MAX_ATTEMPTS", "12")
     monkeypatch.setenv("CRM_REQUEST_TIMEOUT", "0.3")
-
-
-def _endpoint(resource: str) -> dict[str, Any]:
-    """The endpoint of `resource` in CRM_API, as the sync pages it."""
-    return next(r for r in CRM_API["resources"] if r["name"] == resource)["endpoint"]
 
 
 def user_messages(run_id: str) -> list[str]:
@@ -157,7 +153,7 @@ def test_retry_after_is_honoured_within_the_configured_bound(
     ) as many_pages:
         connection = CRMConnection(many_pages.base_url, API_KEY, ACCESS_KEY)
         with CRMTransport(connection, policy, log=log) as transport:
-            pages = list(iter_pages(transport, "contacts", _endpoint("contacts")))
+            pages = list(iter_pages(transport, "contacts", endpoint_of("contacts")))
         assert sum(len(p) for p in pages) == 2000
     waits = [
         float(p["wait"])
@@ -249,7 +245,7 @@ def test_without_a_total_full_pages_are_asked_for_a_few_ahead() -> None:
     """Behind latency, pages read one after another would wait out each round trip in turn:
     while pages come back full, the next AHEAD_WITHOUT_TOTAL are asked for at once, no more
     (those past the end are requests spent for nothing). Held pages show which were asked."""
-    endpoint = _endpoint("customers")
+    endpoint = endpoint_of("customers")
     with CRMSimulator(
         {"customers": 1_050}, api_key=API_KEY, access_key=ACCESS_KEY, faults=Faults(omit_total=True)
     ) as sim:
@@ -282,7 +278,7 @@ def test_pages_fetched_ahead_of_a_slow_reader_are_bounded() -> None:
     """Decoded pages wait in memory until the reader takes them: a reader that stops after two
     pages leaves PAGES_QUEUED_PER_WORKER per worker fetched ahead, and no request beyond them,
     however long it pauses. Taken up again, it gets every record once."""
-    endpoint = _endpoint("customers")
+    endpoint = endpoint_of("customers")
     policy = RequestPolicy(concurrency=2)
     ahead = PAGES_QUEUED_PER_WORKER * policy.concurrency
     with CRMSimulator({"customers": 5_000}, api_key=API_KEY, access_key=ACCESS_KEY) as sim:
@@ -305,7 +301,7 @@ def test_without_a_total_a_page_below_the_limit_is_followed_one_page_at_a_time()
     """A server that caps pages below the limit asked for, and gives no total: a short page may
     be its cap, not the end, so from it the read steps by what each page held and asks for
     nothing ahead. Nothing is skipped, nothing read twice."""
-    customers = _endpoint("customers")
+    customers = endpoint_of("customers")
     endpoint = {**customers, "paginator": {**customers["paginator"], "limit": 150}}
     with CRMSimulator(
         {"customers": 520}, api_key=API_KEY, access_key=ACCESS_KEY, faults=Faults(omit_total=True)
@@ -334,7 +330,7 @@ def test_pages_asked_for_past_the_end_are_not_retried_for_nobody() -> None:
         data = [{"id": offset + i} for i in range(100)] if offset < 300 else []
         return 200, {}, orjson.dumps({"data": data})
 
-    endpoint = _endpoint("customers")
+    endpoint = endpoint_of("customers")
     policy = RequestPolicy(max_attempts=3, backoff_base=5.0, backoff_max=5.0)
     log = ListLog()
     with ScriptedServer(answer) as server:

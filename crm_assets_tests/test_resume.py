@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from crm_assets.api import CRM_API
 from crm_assets.paging import PageCounters, Position, iter_pages
 from crm_assets.transport import CRMConnection, CRMTransport, RequestPolicy
 from crm_assets_tests.conftest import (
@@ -30,6 +29,7 @@ from crm_assets_tests.conftest import (
 from crm_assets_tests.fault_support import (
     DAGSTER_EXE,
     cli_env,
+    endpoint_of,
     run_cli,
     step_failure_message,
     table_ids,
@@ -185,17 +185,13 @@ def test_columns_keep_their_types_across_chunks_and_syncs(
         assert_same_records(workspace, simulator, name)
 
 
-def _customers_endpoint() -> dict:
-    return next(r for r in CRM_API["resources"] if r["name"] == "customers")["endpoint"]
-
-
 @pytest.mark.parametrize("change", ["none", "delete_before", "insert_before", "insert_after"])
 def test_resumed_paging_goes_on_after_its_anchor(simulator: CRMSimulator, change: str) -> None:
     """A read of 250 customers stopped after 200 and resumed goes on right after the record it
     loaded last, wherever the CRM's changes moved it: nothing skipped, nothing read twice; a
     change in front of it, or of the total, marks the listing changed."""
     connection = CRMConnection(simulator.base_url, API_KEY, ACCESS_KEY)
-    endpoint = _customers_endpoint()
+    endpoint = endpoint_of("customers")
     ids = simulator.ids("customers")
     if change == "insert_before":
         # Deleted before the first read and re-created after it, in the part already read.
@@ -224,7 +220,7 @@ def test_resumed_paging_goes_on_after_its_anchor(simulator: CRMSimulator, change
 def test_lost_anchor_reads_from_the_start(simulator: CRMSimulator) -> None:
     """If the record loaded last was deleted, the read starts over: slower, never a gap."""
     connection = CRMConnection(simulator.base_url, API_KEY, ACCESS_KEY)
-    endpoint = _customers_endpoint()
+    endpoint = endpoint_of("customers")
     with CRMTransport(connection, RequestPolicy()) as transport:
         ids = simulator.ids("customers")
         simulator.delete_records("customers", [ids[199]])
