@@ -153,3 +153,42 @@ def test_fixed_benchmark_runs_dagster_alone_in_the_projects_shape(tmp_path: Path
         shutil.rmtree(work, ignore_errors=True)
     table = (results / "latest.md").read_text()
     assert "| fixed | string ids (crm) | (d) Dagster alone" in table
+
+
+def test_remote_rows_report_the_least_a_cli_run_can_take() -> None:
+    """Against a rate limit the fetch cannot beat pages / rate, and Dagster's own run comes on
+    top of it: every remote row runs Dagster alone (d) beside the project, and the report gives
+    ((d) + (c)) / (c), the least any run through the CLI takes on that machine."""
+    run = _load("run")
+    rows = run.SCENARIOS["remote"]
+    assert rows and all("d" in row.contenders for row in rows)
+    scenario = rows[0]
+    floor = scenario.pages / scenario.rate_limit
+    results = {
+        "b": run.Measured(
+            "b", True, 27.5, scenario.records, 400, 420, {"steps_s": {run.SYNC_STEP: 21.0}}
+        ),
+        "d": run.Measured("d", True, 5.3, 0, 110, 135, {"steps_s": {"assets_0": 0.1}}),
+        "c": run.Measured("c", True, floor, scenario.records, 0, 0, {"computed": "pages / rate"}),
+    }
+    row = run.scenario_report(scenario, (0.5, 0.5, 0.5), results)
+    bound = row["ratios"]["(d+c)/c"]
+    assert bound == round((5.3 + floor) / floor, 3)
+    # The project's own ratio is judged as before; the bound only says what was possible.
+    assert row["ratios"]["b/c"] == round(27.5 / floor, 3)
+    assert row["targets"]["(b) within 1.15x of rate floor"] is (27.5 / floor <= 1.15)
+
+    table = run.to_markdown(
+        {
+            "date": "now",
+            "quick": False,
+            "command": "python benchmarks/run.py --scenario remote",
+            "machine": run.machine(),
+            "project_env": {},
+            "scenarios": [row],
+        }
+    )
+    assert "| ((d)+(c))/(c) |" in table
+    ratios_row = f"| {row['scenario']} | {row['data']} | 0.50 / 0.50 / 0.50 |"
+    (line,) = [x for x in table.splitlines() if x.startswith(ratios_row)]
+    assert f"| {bound:.2f} |" in line
