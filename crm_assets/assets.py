@@ -190,6 +190,7 @@ def drift_metadata(stats: ResourceStats) -> dict[str, Any]:
         "type_mismatches": MetadataValue.json(dict(drift.mistyped)),
         "variant_columns": MetadataValue.text(", ".join(drift.variants) or "-"),
         "renamed_fields": MetadataValue.json(dict(drift.renamed)),
+        "declared_fields_sent_as": MetadataValue.json(dict(drift.spelled)),
         "drift_count": MetadataValue.int(drift.count),
     }
     if stats.filter_refused:

@@ -333,6 +333,7 @@ class Drift:
     mistyped: dict[str, str] = field(default_factory=dict)  # column -> "declared X, loaded as Y"
     variants: list[str] = field(default_factory=list)
     renamed: dict[str, str] = field(default_factory=dict)  # API field -> column
+    spelled: dict[str, str] = field(default_factory=dict)  # declared field -> the CRM's name
 
     @property
     def count(self) -> int:
@@ -349,7 +350,14 @@ class TableBuilder:
     `declared` are the declared columns (dlt column hints, keyed by the API's field names);
     `existing` the columns dlt's schema already holds for the table (earlier syncs);
     `renames` the field -> column names given to colliding fields in earlier syncs (kept in the
-    resource's state, so a column never changes its source between syncs).
+    resource's state, so a column never changes its source between syncs);
+    `spelled` the declared fields the CRM sent under its own spelling in earlier syncs (declared
+    name -> the CRM's, also kept in the state).
+
+    A declared field is matched by its name through the naming convention, as dlt matches its
+    hints to columns: a CRM that sends `Id` or `Name` where the declaration says `id` and `name`
+    sends those fields, into their declared columns, with their declarations (the primary key
+    included), unless it also sends the declared spelling itself.
     """
 
     def __init__(
@@ -360,11 +368,16 @@ class TableBuilder:
         normalize: Callable[[str], str],
         existing: Mapping[str, Mapping[str, Any]] | None = None,
         renames: Mapping[str, str] | None = None,
+        spelled: Mapping[str, str] | None = None,
     ) -> None:
         self.resource = resource
         self.declared = dict(declared)
-        self.primary_key = primary_key
         self.normalize = normalize
+        if primary_key and primary_key not in self.declared:
+            # A declaration may spell the key the CRM's way (`Id` for the key `id`).
+            base = normalize(primary_key)
+            primary_key = next((d for d in self.declared if normalize(d) == base), primary_key)
+        self.primary_key = primary_key
         self.types: dict[str, ColumnType] = {
             name: ColumnType.of(column)
             for name, column in (existing or {}).items()
@@ -372,14 +385,69 @@ class TableBuilder:
         }
         self.columns: dict[str, str] = {}  # API field -> column
         self.renamed: dict[str, str] = {}  # API field -> column, where not its normalised name
+        self.spelled: dict[str, str] = {}  # declared field -> the CRM's spelling of it
+        self._declared_as: dict[str, str] = {}  # the CRM's spelling -> declared field
         self.sent: set[str] = set()  # API fields seen in this sync
         self.new_hints: dict[str, dict[str, Any]] = {}
         # Columns that met a misfit, or broke the one-pass conversion: converted one by one.
         self._slow: set[str] = set()
+        for declared_name, sent in (spelled or {}).items():
+            if declared_name in self._names() and sent not in self.declared:
+                self._respell(declared_name, sent)
         for raw, column in (renames or {}).items():
             self._assign(raw, column)
-        for raw in self.declared:
+        for raw in self._names():
             self.column_of(raw)
+
+    def _names(self) -> list[str]:
+        """The fields the configuration names: the declared ones and the primary key."""
+        names = list(self.declared)
+        if self.primary_key and self.primary_key not in self.declared:
+            names.append(self.primary_key)
+        return names
+
+    def _respell(self, declared_field: str, sent: str) -> None:
+        """Take `sent` for the declared field named `declared_field` now: its declaration, its
+        column, and the primary key if it is the key."""
+        original = self._declared_as.pop(declared_field, declared_field)
+        self.declared = {sent if k == declared_field else k: v for k, v in self.declared.items()}
+        if declared_field in self.columns:
+            self.columns[sent] = self.columns.pop(declared_field)
+        if self.primary_key == declared_field:
+            self.primary_key = sent
+        self.spelled[original] = sent
+        self._declared_as[sent] = original
+
+    def field(self, declared_field: str) -> str:
+        """The CRM's name of a declared field: its own spelling, once it has sent one."""
+        return self.spelled.get(declared_field, declared_field)
+
+    def see(self, records: list[dict[str, Any]]) -> set[str]:
+        """Give a column to each field seen for the first time in `records`; returns the fields
+        of `records`."""
+        present: set[str] = set().union(*records)
+        fresh = present - self.sent
+        if not fresh:
+            return present
+        first_seen: dict[str, None] = {}
+        for record in records:
+            first_seen.update(dict.fromkeys(k for k in record if k in fresh))
+        self.sent.update(fresh)
+        # A declared field spelled the CRM's way ("Id" for "id") is that field, unless the
+        # declared spelling is sent too (then it keeps its column and the other gets a suffix).
+        by_column = {
+            self.columns[d]: d for d in self._names() if d in self.columns and d not in self.sent
+        }
+        for raw in first_seen:
+            if raw in self.declared or raw in self.columns:
+                continue
+            declared_field = by_column.pop(self.normalize(raw), None)
+            if declared_field is not None:
+                self._respell(declared_field, raw)
+        # Declared names first, so that a field with the declared name keeps it.
+        for raw in [f for f in self.declared if f in fresh] + list(first_seen):
+            self.column_of(raw)
+        return present
 
     def _assign(self, raw: str, column: str) -> None:
         self.columns[raw] = column
@@ -431,16 +499,7 @@ class TableBuilder:
     def build(self, records: list[dict[str, Any]]) -> pa.Table:
         """One batch as an Arrow table; records without a value for the key stay in it (the
         caller counts and removes them)."""
-        present = set().union(*records)
-        fresh = present - self.sent
-        if fresh:
-            first_seen: dict[str, None] = {}
-            for record in records:
-                first_seen.update(dict.fromkeys(k for k in record if k in fresh))
-            self.sent.update(fresh)
-            # Declared names first, so that a field with the declared name keeps it.
-            for raw in [f for f in self.declared if f in fresh] + list(first_seen):
-                self.column_of(raw)
+        present = self.see(records)
         order = [raw for raw in self.columns if raw in present]
         fast = self._fast_columns(records, [raw for raw in order if self._plain(raw)])
         arrays: list[pa.Array] = []
@@ -581,7 +640,7 @@ class TableBuilder:
         """The table's differences from the declaration, as the table stands now."""
         declared_columns = {self.column_of(raw): column for raw, column in self.declared.items()}
         field_of = {column: raw for raw, column in self.columns.items()}
-        drift = Drift(renamed=dict(self.renamed))
+        drift = Drift(renamed=dict(self.renamed), spelled=dict(self.spelled))
         for column, declared in declared_columns.items():
             kind = self.types.get(column)
             if kind is None:

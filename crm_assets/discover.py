@@ -135,8 +135,9 @@ def discover_resource(
         if kind.data_type == "timestamp":
             hints.pop("precision")  # microseconds, dlt's default: not worth a line per column
         missing = any(r.get(field) is None for r in records)
-        hints["nullable"] = field != primary_key and missing
-        if field == primary_key:
+        # The key as the CRM spells it (`Id` for `id`), as the sync matches it.
+        hints["nullable"] = field != builder.primary_key and missing
+        if field == builder.primary_key:
             hints["primary_key"] = True
         description = (described.get(field) or {}).get("description")
         if description:
@@ -151,12 +152,12 @@ def discover_resource(
     references = [
         {"columns": [field], "referenced_table": target, "referenced_columns": [primary_key]}
         for field in columns
-        if field != primary_key and (target := _reference_target(field, resources))
+        if field != builder.primary_key and (target := _reference_target(field, resources))
     ]
     if references:
         declaration["references"] = references
     declaration["columns"] = columns
-    if primary_key not in columns:
+    if builder.primary_key not in columns:
         log.warning(f"{name}: no `{primary_key}` in the sample; records without it cannot merge")
     return declaration
 

@@ -43,6 +43,7 @@ SOURCE_NAME = "crm"
 BATCH_ROWS = 5_000
 PROGRESS_EVERY_S = 5.0
 RENAMES_STATE_KEY = "renamed_fields"
+SPELLED_STATE_KEY = "declared_fields_sent_as"
 RESUME_STATE_KEY = "resume"
 
 
@@ -195,6 +196,7 @@ def _extract(
         _naming().normalize_path,
         existing=_existing_columns(name),
         renames=state.get(RENAMES_STATE_KEY),
+        spelled=state.get(SPELLED_STATE_KEY),
     )
     stats.column_types = builder.types
     builder.add_column(DELETED_COLUMN, TIMESTAMP)
@@ -217,7 +219,7 @@ def _extract(
             checkpoint["offset"],
             checkpoint["anchor"],
             checkpoint["anchor_offset"],
-            str(primary_key),
+            str(builder.primary_key),  # the CRM's own name of the key field, once it sent one
             checkpoint["step"],
         )
         if checkpoint is not None
@@ -291,6 +293,8 @@ def _extract(
         stats.drift = builder.drift()
         if builder.renamed:
             state[RENAMES_STATE_KEY] = dict(builder.renamed)
+        if builder.spelled:
+            state[SPELLED_STATE_KEY] = dict(builder.spelled)
     stats.seconds += time.monotonic() - started
     if stats.more:
         # Where this chunk ends goes into dlt's state, which lands with the chunk's rows.
@@ -402,6 +406,11 @@ def _report_drift(transport: CRMTransport, name: str, drift: Any) -> None:
         transport.log.warning(
             f"{name}: values that fit no column type went to " + ", ".join(drift.variants)
         )
+    if drift.spelled:
+        transport.log.info(
+            f"{name}: declared fields the CRM names its own way, loaded as declared: "
+            + ", ".join(f"{declared} as {sent}" for declared, sent in drift.spelled.items())
+        )
     if drift.undeclared or drift.never_sent:
         transport.log.info(
             f"{name}: {len(drift.undeclared)} fields not declared, "
@@ -447,6 +456,7 @@ def _tables(
                     yield _timed_table(stats, batch, builder, primary_key)
                 raise
             stats.waiting_s += time.monotonic() - asked
+            builder.see(records)  # the key's field is known before any batch is typed
             batch.extend(records)
             if len(batch) >= BATCH_ROWS:
                 yield _timed_table(stats, batch, builder, primary_key)
@@ -456,7 +466,7 @@ def _tables(
                 last_report = now
                 transport.log.info(_progress(name, stats))
             if primary_key:
-                _note_anchor(stats, records, primary_key)
+                _note_anchor(stats, records, builder.primary_key or primary_key)
             if (
                 chunking is not None
                 and not stats.paging.anchor_lost
@@ -522,7 +532,7 @@ def _newest(table: pa.Table, incremental: Mapping[str, Any] | None, builder: Tab
     timestamp cursor can move: a cursor field of another type keeps every sync a full one."""
     if not incremental:
         return None
-    column = builder.column_of(incremental["cursor_path"])
+    column = builder.column_of(builder.field(incremental["cursor_path"]))
     if column not in table.column_names or not pa.types.is_timestamp(table[column].type):
         return None
     value = pc.max(table[column]).as_py()

@@ -20,8 +20,9 @@ def builder(
     declared: dict[str, Any] | None = None,
     existing: dict[str, Any] | None = None,
     renames: dict[str, str] | None = None,
+    spelled: dict[str, str] | None = None,
 ) -> TableBuilder:
-    return TableBuilder("things", declared or {}, "id", NORMALIZE, existing, renames)
+    return TableBuilder("things", declared or {}, "id", NORMALIZE, existing, renames, spelled)
 
 
 def column(table: pa.Table, name: str) -> list[Any]:
@@ -173,6 +174,60 @@ def test_two_fields_with_one_normalised_name_both_load() -> None:
     # The next sync keeps the same column for the same field, whatever order fields come in.
     again = builder(b.declared, renames=b.renamed).build([dict(reversed(records[0].items()))])
     assert column(again, "created_at_2") == ["1700000000"]
+
+
+def test_a_declared_field_the_crm_spells_its_own_way_is_that_field() -> None:
+    """`Id` and `Name` where the declaration says `id` and `name` (as Salesforce or Dynamics send
+    them): dlt's naming maps them to the declared columns, so they are those fields, with their
+    declarations, the primary key included."""
+    declared = {
+        "id": {"data_type": "bigint", "primary_key": True, "nullable": False},
+        "name": {"data_type": "text", "description": "The name."},
+        "amount": {"data_type": "decimal", "precision": 18, "scale": 2},
+    }
+    b = builder(declared)
+    table = b.build([{"Id": 1, "Name": "a", "Amount": "2.50"}, {"Id": 2, "Name": "b"}])
+    assert table.column_names == ["id", "name", "amount"]
+    assert column(table, "id") == [1, 2]
+    assert b.key_column == "id" and b.primary_key == "Id"
+    assert column(table, "amount") == [Decimal("2.50"), None]  # the declared type applies
+    assert b.take_new_hints()["name"]["description"] == "The name."
+    assert b.spelled == {"id": "Id", "name": "Name", "amount": "Amount"}
+    assert b.renamed == {}
+    drift = b.drift()
+    assert (drift.never_sent, drift.undeclared, drift.spelled) == ([], [], b.spelled)
+    assert b.field("name") == "Name" and b.field("other") == "other"
+
+
+def test_a_declaration_may_spell_the_key_the_crms_way() -> None:
+    """A declaration made from the CRM's records (crm-discover) names the key `Id`; the key of
+    the config is `id`: one field, one column."""
+    b = TableBuilder("things", {"Id": {"data_type": "bigint"}}, "id", NORMALIZE)
+    table = b.build([{"Id": 1}, {"Id": 2}])
+    assert b.key_column == "id" and table.column_names == ["id"]
+    assert column(table, "id") == [1, 2]
+
+
+def test_a_declared_field_sent_in_both_spellings_keeps_its_column() -> None:
+    """Sent as declared and in another spelling: two fields, the declared one keeps its
+    column, the other loads beside it, in this sync and the next ones."""
+    b = builder({"id": {"data_type": "bigint"}, "name": {"data_type": "text"}})
+    table = b.build([{"id": 1, "Name": "x", "name": "y"}])
+    assert (column(table, "name"), column(table, "name_2")) == (["y"], ["x"])
+    assert b.spelled == {} and b.renamed == {"Name": "name_2"}
+
+
+def test_the_crms_spelling_of_a_declared_field_holds_in_later_syncs() -> None:
+    """A field first sent as `Id` keeps the key column when the declared spelling turns up
+    too, in a later sync (the spellings are kept in the resource's state)."""
+    declared = {"id": {"data_type": "bigint"}, "name": {"data_type": "text"}}
+    first = builder(declared)
+    first.build([{"Id": 1, "name": "a"}])
+    later = builder(declared, spelled=first.spelled)
+    table = later.build([{"id": 100, "Id": 2, "name": "b"}])
+    assert later.key_column == "id" and later.primary_key == "Id"
+    assert column(table, "id") == [2]
+    assert column(table, "id_2") == [100]
 
 
 def test_a_column_keeps_the_type_the_warehouse_has() -> None:

@@ -6,7 +6,8 @@ ids in every table, and every field both loaded must hold equal values once repr
 normalised (see compare.py). Plain dlt flattens nested objects into `parent__child` columns; the
 project keeps them as JSON, so those are compared inside the JSON. Where the CRM sends two fields
 that dlt's naming maps to one column, dlt keeps one of them: its value must be one of the two the
-project kept.
+project kept. A CRM that names its fields in PascalCase (`Id`, `CustomerId`) is compared the same
+way, served by a scripted server from the simulator's records.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import dlt
 import duckdb
+import orjson
 import pytest
 from dlt.sources.rest_api import rest_api_source
 
@@ -29,13 +32,14 @@ from crm_assets_tests.conftest import (
     Workspace,
     sync_in_process,
 )
+from crm_assets_tests.fault_support import Answer, ScriptedServer, endpoint_of
 from crm_simulator import CRMSimulator
 
 
-def plain_dlt(simulator: CRMSimulator, root: Path) -> Path:
+def plain_dlt(base_url: str, root: Path) -> Path:
     """The seed's config through dlt's own REST API source, as its documentation shows."""
     config: Any = copy.deepcopy(SEED_API)
-    config["client"]["base_url"] = simulator.base_url
+    config["client"]["base_url"] = base_url
     config["client"]["auth"]["api_key"] = API_KEY
     config["client"]["headers"] = {"X-Access-Key": ACCESS_KEY}
     path = root / "plain.duckdb"
@@ -83,16 +87,98 @@ def differences(plain: dict[str, Any], ours: dict[str, Any]) -> list[str]:
 def test_the_project_loads_what_plain_dlt_loads(
     profile: str, workspace: Workspace, simulator: CRMSimulator, tmp_path: Path
 ) -> None:
-    plain = plain_dlt(simulator, tmp_path)
+    plain = plain_dlt(simulator.base_url, tmp_path)
     result = sync_in_process()
     assert result.success
+    assert_same_as_plain_dlt(plain, workspace.duckdb_path)
+
+
+def assert_same_as_plain_dlt(plain: Path, ours_path: Path) -> None:
+    """The same ids in every table, and every field dlt loaded held by the project's row."""
     problems: dict[str, list[str]] = {}
     for name in resource_names():
         theirs = table_rows(plain, name)
-        ours = table_rows(workspace.duckdb_path, name)
+        ours = table_rows(ours_path, name)
         assert sorted(map(str, ours)) == sorted(map(str, theirs)), f"{name}: ids differ"
         for key, row in theirs.items():
             found = differences(row, ours[key])
             if found:
                 problems.setdefault(name, []).extend(f"id={key} {d}" for d in found[:3])
     assert not problems, problems
+
+
+def _pascal(name: str) -> str:
+    """`customer_id` or `createdAt` as a CRM that names its fields in PascalCase sends it."""
+    return "".join(part[:1].upper() + part[1:] for part in name.split("_"))
+
+
+def _pascal_record(record: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in record.items():
+        # `created_at` and `createdAt` both become `CreatedAt`: the second keeps its name.
+        out[_pascal(key) if _pascal(key) not in out else key] = value
+    return out
+
+
+def _pages_of(records: dict[str, list[dict[str, Any]]]) -> Answer:
+    """The seed's API contract over fixed records: `data`, `total`, `startIndex` and `limit`."""
+
+    def answer(path: str) -> tuple[int, dict[str, str], bytes]:
+        url = urlsplit(path)
+        query = parse_qs(url.query)
+        every = records[url.path.rsplit("/", 1)[-1]]
+        rows = every
+        if "startIndex" in query:
+            start, limit = int(query["startIndex"][0]), int(query["limit"][0])
+            rows = every[start : start + limit]
+        return 200, {}, orjson.dumps({"data": rows, "total": len(every)})
+
+    return answer
+
+
+@pytest.mark.parametrize("profile", ["crm"])
+def test_a_crm_that_names_its_fields_in_pascal_case_loads_as_plain_dlt_does(
+    profile: str,
+    workspace: Workspace,
+    simulator: CRMSimulator,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`Id`, `Name`, `CustomerId`, as Salesforce or Dynamics name them: dlt's naming maps them
+    to the declared columns, and plain dlt loads them there, the key included. So does the
+    project, with the declarations of those fields, and it says which it matched."""
+    served = {
+        name: [_pascal_record(r) for r in simulator.records(name)] for name in resource_names()
+    }
+    assert all("Id" in records[0] and "id" not in records[0] for records in served.values())
+    # Read in chunks of 200 records a resource: each round goes on after the last record the
+    # one before loaded, which it finds again by its key.
+    monkeypatch.setenv("CRM_CHUNK_RECORDS", "800")
+    with ScriptedServer(_pages_of(served)) as theirs, ScriptedServer(_pages_of(served)) as crm:
+        plain = plain_dlt(theirs.url, tmp_path)
+        monkeypatch.setenv("CRM_BASE_URL", crm.url)
+        result = sync_in_process()
+        first_sync = len(crm.seen)
+        # The next sync asks for what changed since the newest `UpdatedAt` (declared as
+        # `updated_at`, the cursor), and changes nothing: the server ignores the filter.
+        again = sync_in_process()
+    assert result.success and again.success
+    assert any("updated_since=" in r for r in crm.seen[first_sync:] if "/customers?" in r)
+    assert_same_as_plain_dlt(plain, workspace.duckdb_path)
+    metadata = {
+        event.asset_key.path[-1]: event.materialization.metadata
+        for event in result.get_asset_materialization_events()
+    }
+    for name in resource_names():
+        ours = table_rows(workspace.duckdb_path, name)
+        assert sorted(map(str, ours)) == sorted(str(r["Id"]) for r in served[name])
+        if endpoint_of(name).get("paginator"):
+            asked = crm.seen[:first_sync]
+            firsts = [r for r in asked if f"/{name}?" in r and "startIndex=0&" in r]
+            assert len(firsts) == 1, f"{name}: read from the start again"
+    # 431 records in rounds: each found where the last one ended by the key, so the read is
+    # whole (a read that could not check its place would not count as complete).
+    assert metadata["contacts"]["chunks"].value > 1
+    assert metadata["contacts"]["complete_read"].value is True
+    assert metadata["customers"]["declared_fields_sent_as"].value["id"] == "Id"
+    assert metadata["contacts"]["declared_fields_sent_as"].value["customer_id"] == "CustomerId"
