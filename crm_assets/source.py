@@ -261,13 +261,21 @@ def _extract(
             tables = _tables(transport, name, _pages(), builder, stats, primary_key, chunking)
             first = next(tables, None)
         if first is not None:
+            handed = False  # a table went to dlt: the first one carries the JSON hints
             for n, table in enumerate(_chain(first, tables)):
                 if n == 0 and resume is None and not continuing:
                     floor = _newest(table.slice(0, stats.first_page_rows), incremental, builder)
                 newest = _later(newest, _newest(table, incremental, builder))
+                if not table.num_rows:
+                    # No record of the batch had its key (they are counted, and fail the run
+                    # once the rest has loaded). An empty table would still bring the key
+                    # column, which dlt refuses without data, and the load of every resource
+                    # would fail with it. Its column hints go with the next table.
+                    continue
                 hints = builder.take_new_hints()
-                if n == 0:
+                if not handed:
                     hints = {**builder.json_hints(), **hints}
+                    handed = True
                 yield (
                     dlt.mark.with_hints(table, dlt.mark.make_hints(columns=hints))
                     if hints

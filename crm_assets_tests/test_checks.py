@@ -65,6 +65,25 @@ def test_records_without_id_load_the_rest_and_fail_the_run(
     assert later["crm/contacts:primary_key"] == (True, "ERROR")
 
 
+def test_a_resource_whose_records_all_lack_the_key_fails_alone(
+    workspace: Workspace, simulator: CRMSimulator
+) -> None:
+    """Not one record of `cases` has an id field: the other resources load whole and the run
+    fails in one line that names it (a table without its key must not sink the others' load)."""
+    for case_id in [r["id"] for r in simulator.records("cases")]:
+        simulator.drop_field("cases", case_id, "id")
+    assert not any("id" in r for r in simulator.records("cases"))
+    result = sync_in_process()
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    served = SMALL_COUNTS["cases"]
+    assert f"cases: {served} of {served} records have no id; loaded 0" in (
+        failure.step_failure_data.error.message
+    )
+    others = [n for n in resource_names() if n != "cases"]
+    assert all(workspace.count(n) == simulator.count(n) for n in others)
+
+
 def test_primary_key_check_blocks_on_ids_served_twice(
     workspace: Workspace, simulator: CRMSimulator
 ) -> None:

@@ -883,6 +883,16 @@ class CRMSimulator:
         if field == "updated_at":
             self._clock_past(parse_timestamp(value))
 
+    def drop_field(self, resource: str, record_id: Any, field: str) -> None:
+        """Serve the (first) record with this id without ``field``, as a CRM that leaves out a
+        field it has no value for, or that names it otherwise."""
+        store = self._store(resource)
+        with store.lock:
+            pos = store.position_of(record_id)
+            rec = orjson.loads(store.encoded[pos])
+            rec.pop(field, None)
+            store.replace(pos, rec)
+
     def add_resource(
         self, name: str, records: list[dict[str, Any]], paging: str = "offset"
     ) -> None:
