@@ -248,6 +248,7 @@ def _sync_metadata(
         metadata["resumed_at_offset"] = MetadataValue.int(stats.resumed_at)
     metadata["rows_deleted"] = MetadataValue.int(stats.rows_deleted)
     metadata["complete_read"] = MetadataValue.bool(stats.complete)
+    metadata["records_missing_from_pages"] = MetadataValue.int(stats.paging.missing)
     metadata["records_without_id"] = MetadataValue.int(stats.null_keys)
     metadata["duplicate_ids"] = MetadataValue.int(stats.duplicate_keys)
     metadata.update(drift_metadata(stats))

@@ -55,6 +55,9 @@ class PageCounters:
     position: int = 0  # offset in the listing just after the last record yielded
     step: int = 0  # records per page, as the server pages
     cut: bool = False  # stopped at `chunk_records`, with more to read
+    # Records the total promised on pages inside the listing that came back short, also when
+    # asked again: the read cannot count as complete.
+    missing: int = 0
     anchor_lost: bool = False  # a resumed read had to start over: it is not cut again
 
 
@@ -321,6 +324,18 @@ def _fetch_concurrently(
             if total is not None and newer is not None and newer > planned_end:
                 planned_end = newer
             records = select(body)
+            expected = min(step, planned_end - offset)
+            if total is not None and len(records) < expected and not stats.total_changed:
+                # A page inside the listing came back short, the total unchanged (a passing
+                # glitch of the CRM, or records it counts but does not serve): asked once more,
+                # and what is still missing is counted, so that nothing absent from it is taken
+                # as deleted. (A total that moved explains short pages, and already makes the
+                # read incomplete.)
+                stats.records -= len(records)
+                body = transport.get(resource, path, page_params(offset), selector)
+                note_total(total_of(body))
+                records = select(body)
+                stats.missing += max(0, expected - len(records))
             if records:
                 stats.position = offset + len(records)
                 yield records

@@ -326,11 +326,20 @@ def _extract(
         and stats.resumed_at is None
         and stats.total is not None
         and not stats.paging.total_changed
+        and not stats.paging.missing
         and not stats.null_keys
         and bool(primary_key)
     )
     _report_drift(transport, name, stats.drift)
-    if incremental and newest is not None:
+    if stats.paging.missing:
+        transport.log.warning(
+            f"{name}: {stats.paging.missing:,} of the {stats.total:,} records the CRM counts were "
+            "not on its pages (pages inside the listing came back short, also when asked again); "
+            "no id missing from this read is taken as deleted"
+            + (", and the cursor stays" if incremental else "")
+        )
+    # With records missing from the pages, the cursor stays: the next sync reads them again.
+    if incremental and newest is not None and not stats.paging.missing:
         if stats.paging.total_changed:
             # Records joined or left the result while we paged concurrently, shifting offsets
             # under us: one may have been skipped. Keep the cursor so the next sync reads again.

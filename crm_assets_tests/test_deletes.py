@@ -98,6 +98,31 @@ def test_a_read_that_was_not_complete_marks_nothing(
     assert materialized_metadata(result)["leads"]["complete_read"].value is False
 
 
+def test_a_page_that_comes_back_short_inside_the_listing_marks_nothing(
+    workspace: Workspace, simulator: CRMSimulator
+) -> None:
+    """The CRM's total says 309 leads, but the page at 100 comes back empty: asked once more,
+    a passing glitch is read whole. If it stays empty, the rest loads, the run says how many
+    records were not on the pages, and none of them is taken as deleted."""
+    assert sync_in_process(["crm/leads"]).success
+    simulator.faults = Faults(empty_page_at=100, empty_page_times=1, only_resources=("leads",))
+    once = sync_in_process(["crm/leads"], full_refresh=True)
+    assert once.success
+    assert simulator.faults_injected()["empty_page"] == 1
+    assert materialized_metadata(once)["leads"]["complete_read"].value is True
+    assert live(workspace, "leads") == served(simulator, "leads")
+
+    simulator.faults = Faults(empty_page_at=100, only_resources=("leads",))
+    always = sync_in_process(["crm/leads"], full_refresh=True)
+    assert always.success
+    assert simulator.faults_injected()["empty_page"] == 1 + 2  # asked twice, empty twice
+    metadata = materialized_metadata(always)["leads"]
+    assert metadata["records_missing_from_pages"].value == 100
+    assert metadata["complete_read"].value is False
+    assert marked(workspace, "leads") == set()
+    assert live(workspace, "leads") == served(simulator, "leads")
+
+
 def test_a_mass_delete_is_refused_in_one_line_and_marks_nothing(
     workspace: Workspace, simulator: CRMSimulator
 ) -> None:

@@ -47,6 +47,10 @@ class Faults:
     rate_no_total: float = 0.0  # 200 valid page without "total"
     omit_total: bool = False  # never send "total"
     insert_during_paging: int = 0  # after each served page, append this many new records
+    # The page at this startIndex comes back with "data": [] (and the usual total), as a CRM
+    # that glitches, or counts records it does not serve; `empty_page_times` times, or always.
+    empty_page_at: int | None = None
+    empty_page_times: int | None = None
     only_resources: tuple[str, ...] | None = None  # None = faults apply to every resource
     max_faults: int | None = None  # stop injecting random faults after this many
 

@@ -514,6 +514,7 @@ class CRMSimulator:
         self._lock = threading.Lock()  # log, fault picker, counters, bucket, clock
         self._log: list[RequestLog] = []
         self._picker: FaultPicker | None = None
+        self._empty_pages: tuple[Faults | None, int] = (None, 0)
         self._injected: dict[str, int] = {}
         self._reset_counters()
         self._clock = END_EPOCH  # logical "now": after every generated updated_at
@@ -729,13 +730,25 @@ class CRMSimulator:
     def faults_injected(self) -> dict[str, int]:
         """Counts since start/reset: every random fault kind ("429", "500", "drop", ...), plus
         "omit_total" (pages sent without total), "inserted" (records added by
-        insert_during_paging) and "rate_limited" (429s from the rate limiter)."""
+        insert_during_paging), "empty_page" (pages sent empty at empty_page_at) and
+        "rate_limited" (429s from the rate limiter)."""
         with self._lock:
             return dict(self._injected)
 
     def _reset_counters(self) -> None:
         self._injected = {kind: 0 for kind, _ in FAULT_KINDS}
-        self._injected.update(omit_total=0, inserted=0, rate_limited=0)
+        self._injected.update(omit_total=0, inserted=0, rate_limited=0, empty_page=0)
+
+    def _empty_page(self, faults: Faults) -> bool:
+        """Whether the page at `empty_page_at` comes back empty this time (and count it)."""
+        with self._lock:
+            owner, served = self._empty_pages
+            served = served if owner is faults else 0  # a new Faults starts its own count
+            if faults.empty_page_times is not None and served >= faults.empty_page_times:
+                return False
+            self._empty_pages = (faults, served + 1)
+            self._injected["empty_page"] = self._injected.get("empty_page", 0) + 1
+            return True
 
     def _count_fault(self, kind: str, n: int = 1) -> None:
         with self._lock:
@@ -1113,6 +1126,8 @@ class CRMSimulator:
                 sel = idx[start : start + limit] if windowed else idx
                 chunk = [enc[i] for i in sel]
             data = b"[" + b",".join(chunk) + b"]"
+        if applies and windowed and faults.empty_page_at == start and self._empty_page(faults):
+            data = b"[]"
 
         omit_total = applies and faults.omit_total and store.with_total
         if kind == "data_not_list":
