@@ -105,11 +105,15 @@ class RequestCounters:
 
 
 def select_records(body: Any, selector: str) -> Any:
-    """What the dotted `data_selector` path points at in a decoded page, or None."""
+    """What the dotted `data_selector` path points at in a decoded page, or None when the page
+    has no such path. Present and null, it holds no records, as an empty list does: some CRMs
+    answer `"data": null` past the end of a listing."""
     data = body
     for part in selector.split("."):
-        data = data.get(part) if isinstance(data, dict) else None
-    return data
+        if not isinstance(data, dict) or part not in data:
+            return None
+        data = data[part]
+    return [] if data is None else data
 
 
 def _describe(path: str, params: Mapping[str, Any]) -> str:

@@ -318,6 +318,28 @@ def test_without_a_total_a_page_below_the_limit_is_followed_one_page_at_a_time()
     assert offsets == [0, 100, 200, 300, 400, 500, 520]
 
 
+def test_a_null_data_past_the_end_ends_the_read() -> None:
+    """An API without a total that answers `"data": null` past the end of its listing: that is
+    its empty page, which ends the read; a page without `data` at all is still malformed."""
+
+    def answer(path: str) -> tuple[int, dict[str, str], bytes]:
+        offset = int(parse_qs(urlsplit(path).query)["startIndex"][0])
+        if offset < 250:
+            data = [{"id": offset + i} for i in range(min(100, 250 - offset))]
+            return 200, {}, orjson.dumps({"data": data})
+        return 200, {}, orjson.dumps({"data": None})
+
+    endpoint = endpoint_of("customers")
+    with ScriptedServer(answer) as server:
+        connection = CRMConnection(server.url, API_KEY, ACCESS_KEY)
+        with CRMTransport(connection, RequestPolicy(max_attempts=2), log=ListLog()) as transport:
+            pages = list(iter_pages(transport, "customers", endpoint))
+            assert [r["id"] for page in pages for r in page] == list(range(250))
+            past_the_end = {"startIndex": 300, "limit": 100}
+            with pytest.raises(CRMAPIError, match=re.escape("no 'result.data'")):
+                transport.get("customers", endpoint["path"], past_the_end, "result.data")
+
+
 def test_pages_asked_for_past_the_end_are_not_retried_for_nobody() -> None:
     """An API without a total that answers 503 past the end of its listing: the pages asked for
     ahead beyond the empty page fail, and are given up rather than retried (with a 5 s backoff,
