@@ -18,7 +18,12 @@ import pytest
 
 from crm_assets.api import resource_names
 from crm_assets.errors import CRMAPIError
-from crm_assets.paging import AHEAD_WITHOUT_TOTAL, PAGES_QUEUED_PER_WORKER, iter_pages
+from crm_assets.paging import (
+    AHEAD_WITHOUT_TOTAL,
+    PAGES_QUEUED_PER_WORKER,
+    PageCounters,
+    iter_pages,
+)
 from crm_assets.transport import CRMConnection, CRMTransport, RequestPolicy
 from crm_assets_tests.conftest import (
     ACCESS_KEY,
@@ -338,6 +343,27 @@ def test_a_null_data_past_the_end_ends_the_read() -> None:
             past_the_end = {"startIndex": 300, "limit": 100}
             with pytest.raises(CRMAPIError, match=re.escape("no 'result.data'")):
                 transport.get("customers", endpoint["path"], past_the_end, "result.data")
+
+
+def test_a_total_sent_as_a_string_of_digits_is_the_total() -> None:
+    """`"total": "250"`: the read knows where the listing ends, as with a number (it asks for
+    no page past it, and may count as complete)."""
+    asked: list[int] = []
+
+    def answer(path: str) -> tuple[int, dict[str, str], bytes]:
+        offset = int(parse_qs(urlsplit(path).query)["startIndex"][0])
+        asked.append(offset)
+        data = [{"id": offset + i} for i in range(max(0, min(100, 250 - offset)))]
+        return 200, {}, orjson.dumps({"data": data, "total": "250"})
+
+    counters = PageCounters()
+    with ScriptedServer(answer) as server:
+        connection = CRMConnection(server.url, API_KEY, ACCESS_KEY)
+        with CRMTransport(connection, RequestPolicy(), log=ListLog()) as transport:
+            pages = list(iter_pages(transport, "customers", endpoint_of("customers"), {}, counters))
+    assert [r["id"] for page in pages for r in page] == list(range(250))
+    assert counters.total == 250
+    assert sorted(asked) == [0, 100, 200]
 
 
 def test_pages_asked_for_past_the_end_are_not_retried_for_nobody() -> None:
