@@ -386,7 +386,6 @@ class TableBuilder:
         self.columns: dict[str, str] = {}  # API field -> column
         self.renamed: dict[str, str] = {}  # API field -> column, where not its normalised name
         self.spelled: dict[str, str] = {}  # declared field -> the CRM's spelling of it
-        self._declared_as: dict[str, str] = {}  # the CRM's spelling -> declared field
         self.sent: set[str] = set()  # API fields seen in this sync
         self.new_hints: dict[str, dict[str, Any]] = {}
         # Columns that met a misfit, or broke the one-pass conversion: converted one by one.
@@ -409,14 +408,14 @@ class TableBuilder:
     def _respell(self, declared_field: str, sent: str) -> None:
         """Take `sent` for the declared field named `declared_field` now: its declaration, its
         column, and the primary key if it is the key."""
-        original = self._declared_as.pop(declared_field, declared_field)
+        # A field respelled once more ("ID" after "Id") still stands for the same declaration.
+        original = next((d for d, s in self.spelled.items() if s == declared_field), declared_field)
         self.declared = {sent if k == declared_field else k: v for k, v in self.declared.items()}
         if declared_field in self.columns:
             self.columns[sent] = self.columns.pop(declared_field)
         if self.primary_key == declared_field:
             self.primary_key = sent
         self.spelled[original] = sent
-        self._declared_as[sent] = original
 
     def field(self, declared_field: str) -> str:
         """The CRM's name of a declared field: its own spelling, once it has sent one."""

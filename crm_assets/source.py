@@ -483,7 +483,7 @@ def _tables(
                 last_report = now
                 transport.log.info(_progress(name, stats))
             if primary_key:
-                _note_anchor(stats, records, builder.primary_key or primary_key)
+                _note_anchor(stats, records, builder.primary_key)
             if (
                 chunking is not None
                 and not stats.paging.anchor_lost
