@@ -19,6 +19,7 @@ outcome a user of dlt expects, and never loses a value:
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -145,7 +146,10 @@ def value_kind(value: Any) -> ColumnType:
 
 
 def json_text(value: Any) -> str:
-    return orjson.dumps(value).decode()
+    try:
+        return orjson.dumps(value).decode()
+    except orjson.JSONEncodeError:  # an integer beyond 64 bits, which orjson refuses
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
 def _number_text(value: Any) -> str | None:

@@ -15,6 +15,7 @@ honoured as `requests` would honour them.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -119,6 +120,22 @@ def select_records(body: Any, selector: str) -> Any:
 def _describe(path: str, params: Mapping[str, Any]) -> str:
     query = "&".join(f"{k}={v}" for k, v in params.items())
     return f"{path}?{query}" if query else path
+
+
+# Digits to "0", every other byte to a space: a page's digit runs, found in one C pass.
+_DIGIT_RUNS = bytes(48 if 48 <= b <= 57 else 32 for b in range(256))
+_LONG_DIGIT_RUN = b"0" * 19
+
+
+def decode_page(data: bytes) -> Any:
+    """A page's JSON. orjson, except for a page that may hold an integer beyond 64 bits: orjson
+    turns those into floats without a word (10**25 + 1 into 1e25, so distinct ids into one),
+    where Python's json keeps every digit. Such an integer has at least 19 digits in a row
+    (-9223372036854775809), so only a page with a run that long is decoded the slow way; the
+    check takes about a third of orjson's own time on a page (measured here, 65 KB pages)."""
+    if _LONG_DIGIT_RUN in data.translate(_DIGIT_RUNS):
+        return json.loads(data)
+    return orjson.loads(data)
 
 
 def _retry_after(response: urllib3.BaseHTTPResponse) -> float | None:
@@ -356,8 +373,8 @@ class CRMTransport:
                 retry_after=_retry_after(response),
             )
         try:
-            body = orjson.loads(response.data)
-        except orjson.JSONDecodeError:
+            body = decode_page(response.data)
+        except ValueError:  # orjson's and json's decode errors, and bytes that are not UTF-8
             return _Attempt(status=status, kind="malformed page (not JSON)", transient=True)
         if selector:
             data = select_records(body, selector)

@@ -13,6 +13,8 @@ way, served by a scripted server from the simulator's records.
 from __future__ import annotations
 
 import copy
+import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -120,7 +122,9 @@ def _pascal_record(record: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _pages_of(records: dict[str, list[dict[str, Any]]]) -> Answer:
+def _pages_of(
+    records: dict[str, list[dict[str, Any]]], encode: Callable[[Any], bytes] = orjson.dumps
+) -> Answer:
     """The seed's API contract over fixed records: `data`, `total`, `startIndex` and `limit`."""
 
     def answer(path: str) -> tuple[int, dict[str, str], bytes]:
@@ -131,7 +135,7 @@ def _pages_of(records: dict[str, list[dict[str, Any]]]) -> Answer:
         if "startIndex" in query:
             start, limit = int(query["startIndex"][0]), int(query["limit"][0])
             rows = every[start : start + limit]
-        return 200, {}, orjson.dumps({"data": rows, "total": len(every)})
+        return 200, {}, encode({"data": rows, "total": len(every)})
 
     return answer
 
@@ -182,3 +186,35 @@ def test_a_crm_that_names_its_fields_in_pascal_case_loads_as_plain_dlt_does(
     assert metadata["contacts"]["complete_read"].value is True
     assert metadata["customers"]["declared_fields_sent_as"].value["id"] == "Id"
     assert metadata["contacts"]["declared_fields_sent_as"].value["customer_id"] == "CustomerId"
+
+
+@pytest.mark.parametrize("profile", ["crm"])
+def test_integers_beyond_64_bits_load_with_every_digit(
+    profile: str,
+    workspace: Workspace,
+    simulator: CRMSimulator,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Numeric ids past 2^64 (some CRMs number records that way), a count below -2^63 and a
+    nested balance past 2^64: JSON holds them exactly, and so must the warehouse. Read as
+    floats, such ids would be a handful of distinct keys, and the merge would keep one row of
+    each. (Plain dlt is no oracle here: its extract refuses such integers, "Integer exceeds 64-bit
+    range".)"""
+    served = {name: copy.deepcopy(simulator.records(name)) for name in resource_names()}
+    for n, lead in enumerate(served["leads"]):
+        lead["id"] = 10**25 + n
+    for n, customer in enumerate(served["customers"]):
+        customer["ledgerNumber"] = -(2**63) - 1 - n
+        customer["ledger"] = {"balance": 2**64 + n}
+    pages = _pages_of(served, lambda body: json.dumps(body).encode())  # orjson refuses them
+    with ScriptedServer(pages) as crm:
+        monkeypatch.setenv("CRM_BASE_URL", crm.url)
+        result = sync_in_process()
+    assert result.success
+    leads = table_rows(workspace.duckdb_path, "leads")
+    assert sorted(leads) == sorted(str(lead["id"]) for lead in served["leads"])
+    customers = table_rows(workspace.duckdb_path, "customers")
+    for customer in served["customers"]:
+        row = customers[customer["id"]]
+        assert row["ledger_number"] == str(customer["ledgerNumber"])
+        assert json.loads(row["ledger"]) == customer["ledger"]
