@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
@@ -12,6 +13,7 @@ from dlt.common.schema import Schema
 
 from crm_assets.api import CRM_COLUMNS
 from crm_assets.conversion import KeyTypeChanged, TableBuilder
+from crm_assets.transport import decode_page
 
 NORMALIZE = Schema("crm").naming.normalize_path
 
@@ -242,3 +244,26 @@ def test_a_key_whose_type_changed_since_the_last_sync_fails_in_one_line() -> Non
     b = builder({"id": {"data_type": "bigint"}}, existing={"id": {"data_type": "bigint"}})
     with pytest.raises(KeyTypeChanged, match=r"things: id is now text in the CRM .* bigint"):
         b.build([{"id": "CUS-1"}])
+
+
+@pytest.mark.parametrize(
+    "number",
+    [
+        2**64 - 1,
+        2**64,
+        -(2**63),
+        -(2**63) - 1,
+        10**25 + 1,
+        -(10**30) - 7,
+        1234567890123456789,  # a 19-digit snowflake id
+    ],
+)
+def test_a_page_keeps_every_digit_of_its_integers(number: int) -> None:
+    page = f'{{"data": [{{"id": {number}, "o": {{"n": [{number}]}}, "s": "x-{number}"}}]}}'
+    record = decode_page(page.encode())["data"][0]
+    assert record == {"id": number, "o": {"n": [number]}, "s": f"x-{number}"}
+    assert type(record["id"]) is int
+    table = TableBuilder("t", {}, "id", Schema("crm").naming.normalize_path).build([record])
+    row = table.to_pylist()[0]
+    assert str(row["id"]) == str(number)
+    assert json.loads(row["o"]) == {"n": [number]}
