@@ -263,7 +263,7 @@ def test_a_page_keeps_every_digit_of_its_integers(number: int) -> None:
     record = decode_page(page.encode())["data"][0]
     assert record == {"id": number, "o": {"n": [number]}, "s": f"x-{number}"}
     assert type(record["id"]) is int
-    table = TableBuilder("t", {}, "id", Schema("crm").naming.normalize_path).build([record])
+    table = builder().build([record])
     row = table.to_pylist()[0]
     assert str(row["id"]) == str(number)
     assert json.loads(row["o"]) == {"n": [number]}
