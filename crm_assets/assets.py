@@ -256,6 +256,7 @@ def _sync_metadata(
     metadata["complete_read"] = MetadataValue.bool(stats.complete)
     metadata["records_missing_from_pages"] = MetadataValue.int(stats.paging.missing)
     metadata["records_without_id"] = MetadataValue.int(stats.null_keys)
+    metadata["strings_with_lone_surrogates"] = MetadataValue.int(stats.requests.escaped_strings)
     metadata["duplicate_ids"] = MetadataValue.int(stats.duplicate_keys)
     metadata.update(drift_metadata(stats))
     return metadata

@@ -130,7 +130,7 @@ def iter_pages(
 
     def total_of(body: Any) -> int | None:
         value = body.get(total_path) if isinstance(body, dict) and total_path else None
-        if isinstance(value, str) and value.isdigit():
+        if isinstance(value, str) and value.isascii() and value.isdigit():
             return int(value)  # `"total": "230"`, as some APIs send their counts
         return value if isinstance(value, int) and not isinstance(value, bool) else None
 

@@ -33,7 +33,7 @@ from crm_assets.rest_api_path import (
     dlt_rest_resources,
     fast_path_gap,
 )
-from crm_assets.transport import CRMTransport, RequestCounters
+from crm_assets.transport import CRMTransport, RequestCounters, escape_lone_surrogates
 
 SOURCE_NAME = "crm"
 # Rows per Arrow table handed to dlt. Each resource holds one batch of decoded records: 5,000
@@ -240,7 +240,7 @@ def _extract(
                 resume,
                 chunking.records if chunking is not None else None,
             )
-        return _counted(dlt_pages(via_dlt, transport.connection), stats.paging)
+        return _counted(dlt_pages(via_dlt, transport.connection), stats)
 
     try:
         try:
@@ -331,6 +331,12 @@ def _extract(
         and bool(primary_key)
     )
     _report_drift(transport, name, stats.drift)
+    if stats.requests.escaped_strings:
+        transport.log.warning(
+            f"{name}: {stats.requests.escaped_strings:,} strings held half of a UTF-16 surrogate "
+            "pair without the other half, which UTF-8 cannot store; loaded with that half as its "
+            "escape text (such as \\ud83d)"
+        )
     if stats.paging.missing:
         transport.log.warning(
             f"{name}: {stats.paging.missing:,} of the {stats.total:,} records the CRM counts were "
@@ -441,11 +447,15 @@ def _chain(first: pa.Table, rest: Iterator[pa.Table]) -> Iterator[pa.Table]:
 
 
 def _counted(
-    pages: Iterator[list[dict[str, Any]]], stats: PageCounters
+    pages: Iterator[list[dict[str, Any]]], stats: ResourceStats
 ) -> Iterator[list[dict[str, Any]]]:
+    """dlt's pages, counted; decoded by `requests`, which keeps a lone surrogate that no
+    warehouse can store: it is escaped here as the fast path's decoder escapes it."""
     for page in pages:
-        stats.pages += 1
-        stats.records += len(page)
+        page, escaped = escape_lone_surrogates(page)
+        stats.requests.escaped_strings += escaped
+        stats.paging.pages += 1
+        stats.paging.records += len(page)
         yield page
 
 

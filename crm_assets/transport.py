@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import random
+import re
 import threading
 import time
 import urllib.request
@@ -103,6 +104,7 @@ class RequestCounters:
     requests: int = 0
     responses: int = 0  # answered with a usable page
     retries: int = 0
+    escaped_strings: int = 0  # strings kept with a lone surrogate written as its escape
 
 
 def select_records(body: Any, selector: str) -> Any:
@@ -129,16 +131,67 @@ _DIGIT_RUNS = bytes(48 if 48 <= b <= 57 else b if b == 45 else 32 for b in range
 _PAST_64_BITS = (b"0" * 20, b"-" + b"0" * 19)
 
 
-def decode_page(data: bytes) -> Any:
-    """A page's JSON. orjson, except for a page that may hold an integer beyond 64 bits: orjson
-    turns those into floats without a word (10**25 + 1 into 1e25, so distinct ids into one),
-    where Python's json keeps every digit. Only a page with a digit run that long is decoded the
-    slow way (19-digit ids, as snowflake ids are, stay on orjson); the check takes about a third
-    of orjson's own time on a page (measured here, 65 KB pages)."""
+# The JSON escape of a UTF-16 surrogate (\ud800 to \udfff): where a page has none, orjson's
+# refusal is not about a lone one.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+# A surrogate left in a decoded string: one without its pair (JSON's decoder joins the pairs).
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def decode_page(data: bytes) -> tuple[Any, int]:
+    """A page's JSON, and how many of its strings held a lone surrogate.
+
+    orjson, except for a page that may hold an integer beyond 64 bits: orjson turns those into
+    floats without a word (10**25 + 1 into 1e25, so distinct ids into one), where Python's json
+    keeps every digit. Only a page with a digit run that long is decoded the slow way (19-digit
+    ids, as snowflake ids are, stay on orjson); the check takes about a third of orjson's own
+    time on a page (measured here, 65 KB pages).
+
+    A string escape of half a UTF-16 pair without the other half (`"\\ud83d"`: what JavaScript
+    writes for a string cut inside an emoji) is valid JSON that orjson refuses and that UTF-8,
+    so no warehouse, can store. Such a page is decoded with json and each such string keeps the
+    surrogate as its escape text, six characters (see `escape_lone_surrogates`). Anything else
+    that is not JSON (NaN included) raises ValueError."""
     runs = data.translate(_DIGIT_RUNS)
-    if any(run in runs for run in _PAST_64_BITS):
-        return json.loads(data)
-    return orjson.loads(data)
+    if not any(run in runs for run in _PAST_64_BITS):
+        try:
+            return orjson.loads(data), 0
+        except orjson.JSONDecodeError:
+            if not _SURROGATE_ESCAPE.search(data):
+                raise
+    body = json.loads(data, parse_constant=_not_json)
+    if _SURROGATE_ESCAPE.search(data):
+        return escape_lone_surrogates(body)
+    return body, 0
+
+
+def _not_json(literal: str) -> Any:
+    # As orjson: NaN and Infinity are not JSON, whichever decoder reads the page.
+    raise ValueError(f"{literal} is not JSON")
+
+
+def escape_lone_surrogates(value: Any) -> tuple[Any, int]:
+    """`value` (decoded JSON) with each lone surrogate in its strings, keys included, written as
+    its JSON escape (`\\ud83d`), and how many strings held one. Kept as text rather than replaced
+    by U+FFFD: two ids that differ only in such a half would become one key, and one row."""
+    escaped = 0
+
+    def walk(item: Any) -> Any:
+        nonlocal escaped
+        if isinstance(item, str):
+            if _LONE_SURROGATE.search(item) is None:
+                return item
+            escaped += 1
+            return item.encode("utf-8", "backslashreplace").decode("utf-8")
+        if isinstance(item, list):
+            item[:] = [walk(v) for v in item]
+        elif isinstance(item, dict):
+            pairs = [(walk(k), walk(v)) for k, v in item.items()]
+            item.clear()
+            item.update(pairs)
+        return item
+
+    return walk(value), escaped
 
 
 def _retry_after(response: urllib3.BaseHTTPResponse) -> float | None:
@@ -180,6 +233,7 @@ class _Attempt:
     carry the full URL, secrets included, and must not be chained into ours."""
 
     body: Any = None
+    escaped_strings: int = 0
     status: int | None = None
     kind: str = ""
     transient: bool = False
@@ -376,9 +430,11 @@ class CRMTransport:
                 retry_after=_retry_after(response),
             )
         try:
-            body = decode_page(response.data)
-        except ValueError:  # orjson's and json's decode errors, and bytes that are not UTF-8
-            return _Attempt(status=status, kind="malformed page (not JSON)", transient=True)
+            body, escaped = decode_page(response.data)
+        except ValueError as exc:  # orjson's and json's decode errors, bytes that are not UTF-8
+            # Their messages name the error and where (line, column), not the page's text.
+            why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            return _Attempt(status=status, kind=f"malformed page (not JSON: {why})", transient=True)
         if selector:
             data = select_records(body, selector)
             if data is None:
@@ -391,7 +447,7 @@ class CRMTransport:
                     kind=f"malformed page ('{selector}' is not a list)",
                     transient=True,
                 )
-        return _Attempt(body=body, status=status)
+        return _Attempt(body=body, escaped_strings=escaped, status=status)
 
     def get(
         self,
@@ -422,6 +478,7 @@ class CRMTransport:
             self._pacer.observe(outcome.status)
             if outcome.body is not None:
                 counters.responses += 1
+                counters.escaped_strings += outcome.escaped_strings
                 return outcome.body
             if not outcome.transient or attempt >= self.policy.max_attempts:
                 break

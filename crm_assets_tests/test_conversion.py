@@ -260,10 +260,48 @@ def test_a_key_whose_type_changed_since_the_last_sync_fails_in_one_line() -> Non
 )
 def test_a_page_keeps_every_digit_of_its_integers(number: int) -> None:
     page = f'{{"data": [{{"id": {number}, "o": {{"n": [{number}]}}, "s": "x-{number}"}}]}}'
-    record = decode_page(page.encode())["data"][0]
+    body, escaped = decode_page(page.encode())
+    record = body["data"][0]
+    assert escaped == 0
     assert record == {"id": number, "o": {"n": [number]}, "s": f"x-{number}"}
     assert type(record["id"]) is int
     table = builder().build([record])
     row = table.to_pylist()[0]
     assert str(row["id"]) == str(number)
     assert json.loads(row["o"]) == {"n": [number]}
+
+
+@pytest.mark.parametrize("big", [False, True])  # the orjson path, and json's for big integers
+def test_a_lone_surrogate_is_kept_as_its_escape_and_counted(big: bool) -> None:
+    # JavaScript writes a string cut inside an emoji with half of its UTF-16 pair: valid JSON,
+    # but not text UTF-8 can hold. Two ids that differ only in that half stay two ids.
+    page = (
+        rb'{"data": [{"id": "CUS-\ud83d", "note": "ok \ud83d\ude00", "n": %s},'
+        rb' {"id": "CUS-\uD83E", "tags": ["\udc00", "fine"], "x\udfffy": 1}]}'
+    ) % (b"123456789012345678901" if big else b"1")
+    body, escaped = decode_page(page)
+    first, second = body["data"]
+    assert escaped == 4
+    assert first["id"] == "CUS-\\ud83d"
+    assert first["note"] == "ok \U0001f600"  # a whole pair is one character, as it was
+    assert second["id"] == "CUS-\\ud83e"
+    assert second["tags"] == ["\\udc00", "fine"]
+    assert second["x\\udfffy"] == 1
+    table = builder().build(body["data"])
+    assert table.column("id").to_pylist() == ["CUS-\\ud83d", "CUS-\\ud83e"]
+
+
+@pytest.mark.parametrize(
+    "page",
+    [
+        b"<html>busy</html>",
+        b'{"data": [1',
+        b'{"data": [NaN]}',
+        b"",
+        b'{"data": [-Infinity, 123456789012345678901]}',
+        b'{"data": ["\xff"]}',
+    ],
+)
+def test_what_is_not_json_raises_value_error(page: bytes) -> None:
+    with pytest.raises(ValueError):
+        decode_page(page)

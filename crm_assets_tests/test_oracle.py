@@ -23,6 +23,7 @@ import dlt
 import duckdb
 import orjson
 import pytest
+from dagster import DagsterInstance
 from dlt.sources.rest_api import rest_api_source
 
 from crm_assets.api import SEED_API, resource_names
@@ -32,6 +33,7 @@ from crm_assets_tests.conftest import (
     API_KEY,
     PROFILES,
     Workspace,
+    materialized_metadata,
     sync_in_process,
 )
 from crm_assets_tests.fault_support import Answer, ScriptedServer, endpoint_of
@@ -218,3 +220,48 @@ def test_integers_beyond_64_bits_load_with_every_digit(
         row = customers[customer["id"]]
         assert row["ledger_number"] == str(customer["ledgerNumber"])
         assert json.loads(row["ledger"]) == customer["ledger"]
+
+
+def _escaped(text: str) -> str:
+    """A string as the warehouse keeps it: a lone surrogate as its escape text."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+@pytest.mark.parametrize("profile", ["crm"])
+def test_strings_cut_inside_an_emoji_load_with_the_half_as_its_escape(
+    profile: str,
+    workspace: Workspace,
+    simulator: CRMSimulator,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A CRM that cuts strings to a length in UTF-16 units (as JavaScript counts) can leave half
+    of an emoji's pair at the end: valid JSON (`"\\ud83d"`), but text no warehouse stores, and
+    a page orjson refuses. Every record loads, that half kept as its escape text; ids that differ
+    only in it stay distinct rows (U+FFFD in its place would merge them); the count is in the
+    metadata and the log. (Plain dlt is no oracle here: its extract refuses such strings.)"""
+    served = {name: copy.deepcopy(simulator.records(name)) for name in resource_names()}
+    leads = served["leads"]
+    for n in range(0, 40, 2):
+        base = str(leads[n]["id"])
+        leads[n]["id"], leads[n + 1]["id"] = base + "\ud83d", base + "\ud83e"
+    customers = served["customers"]
+    for customer in customers[:15]:
+        customer["name"] = customer["name"][:6] + "\udc00"
+    customers[15]["name"] = "whole pair \U0001f600"  # a pair is one character: no escape
+    pages = _pages_of(served, lambda body: json.dumps(body).encode())  # json writes "\udXXX"
+    with ScriptedServer(pages) as crm:
+        monkeypatch.setenv("CRM_BASE_URL", crm.url)
+        result = sync_in_process()
+    assert result.success
+    lead_ids = table_rows(workspace.duckdb_path, "leads")
+    assert sorted(lead_ids) == sorted(_escaped(str(lead["id"])) for lead in leads)
+    assert len(lead_ids) == len(leads)
+    rows = table_rows(workspace.duckdb_path, "customers")
+    assert rows[customers[0]["id"]]["name"] == customers[0]["name"][:6] + "\\udc00"
+    assert rows[customers[15]["id"]]["name"] == "whole pair \U0001f600"
+    metadata = materialized_metadata(result)
+    assert metadata["leads"]["strings_with_lone_surrogates"].value == 40
+    assert metadata["customers"]["strings_with_lone_surrogates"].value == 15
+    assert metadata["contacts"]["strings_with_lone_surrogates"].value == 0
+    logs = [e.user_message for e in DagsterInstance.get().all_logs(result.run_id)]
+    assert any(m.startswith("leads: 40 strings held half of a UTF-16 surrogate") for m in logs)

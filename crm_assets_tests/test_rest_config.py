@@ -5,9 +5,11 @@ metadata, checks and secret hygiene as the fast path."""
 from __future__ import annotations
 
 import copy
+import json
 import logging
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from dagster import AssetKey, DagsterInstance, materialize
@@ -26,7 +28,7 @@ from crm_assets_tests.conftest import (
     make_workspace,
     materialized_metadata,
 )
-from crm_assets_tests.fault_support import count_secrets, leak_report
+from crm_assets_tests.fault_support import ScriptedServer, count_secrets, leak_report
 from crm_simulator import CRMSimulator
 
 OFFSET = {"type": "offset", "limit": 100, "offset_param": "startIndex"}
@@ -141,6 +143,37 @@ def test_an_id_served_twice_by_a_json_link_api_lands_once(
     metadata = materialized_metadata(result)["tasks"]
     assert metadata["duplicate_ids"].value == 1
     assert not checks_of(result, "tasks")["primary_key"]
+
+
+def test_the_dlt_path_keeps_a_lone_surrogate_as_its_escape(
+    workspace: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """dlt's reads decode pages with `requests`, which keeps half of a UTF-16 pair in a string;
+    the warehouse cannot store it. As on the fast path, it lands as its escape text, and ids that
+    differ only in it stay two rows."""
+    tasks = [{"id": f"T-{i}", "title": f"Call back #{i}"} for i in range(1, 121)]
+    tasks[0]["id"], tasks[1]["id"] = "T-0\ud83d", "T-0\ud83e"
+    tasks[100]["title"] = "cut \ud83d"
+    base: list[str] = []
+
+    def answer(path: str) -> tuple[int, dict[str, str], bytes]:
+        start = int(parse_qs(urlsplit(path).query).get("cursor", ["0"])[0])
+        following = f"{base[0]}/v1/tasks?cursor={start + 100}" if start + 100 < len(tasks) else None
+        body = {"data": tasks[start : start + 100], "next": following}
+        return 200, {}, json.dumps(body).encode()  # json writes the half as "\\udXXX"
+
+    with ScriptedServer(answer) as crm:
+        base.append(crm.url)
+        monkeypatch.setenv("CRM_BASE_URL", crm.url)
+        result = sync(config_with(LINKED_TASKS), ["crm/tasks"])
+    assert result.success
+    rows = {row["id"]: row for row in workspace.rows("tasks")}
+    assert sorted(rows) == sorted(
+        t["id"].encode("utf-8", "backslashreplace").decode() for t in tasks
+    )
+    assert rows["T-0\\ud83d"]["title"] == "Call back #1"
+    assert rows["T-101"]["title"] == "cut \\ud83d"
+    assert materialized_metadata(result)["tasks"]["strings_with_lone_surrogates"].value == 3
 
 
 def test_a_dependent_resource_reads_every_customer_s_notes(
