@@ -165,9 +165,26 @@ def decode_page(data: bytes) -> tuple[Any, int]:
     return body, 0
 
 
+_NOT_A_JSON_NUMBER = re.compile(rb"-?(?:NaN|Infinity)")
+
+
+def _not_json_reason(exc: ValueError, data: bytes) -> str:
+    """Why a page is not JSON, in a few words: the decoder's reason and where (line, column),
+    never the page's text; `NaN` or `Infinity` by name, as Python's json writes them by default
+    and a decoder only calls them an unexpected character."""
+    pos = getattr(exc, "pos", None)
+    if isinstance(pos, int):
+        # orjson points past the minus of -Infinity
+        for start in (max(0, pos - 1), pos):
+            if literal := _NOT_A_JSON_NUMBER.match(data, start):
+                where = literal.start()
+                return f"{literal.group().decode()} at char {where}, a number JSON does not have"
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
 def _not_json(literal: str) -> Any:
     # As orjson: NaN and Infinity are not JSON, whichever decoder reads the page.
-    raise ValueError(f"{literal} is not JSON")
+    raise ValueError(f"{literal}, a number JSON does not have")
 
 
 def escape_lone_surrogates(value: Any) -> tuple[Any, int]:
@@ -432,8 +449,7 @@ class CRMTransport:
         try:
             body, escaped = decode_page(response.data)
         except ValueError as exc:  # orjson's and json's decode errors, bytes that are not UTF-8
-            # Their messages name the error and where (line, column), not the page's text.
-            why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            why = _not_json_reason(exc, response.data)
             return _Attempt(status=status, kind=f"malformed page (not JSON: {why})", transient=True)
         if selector:
             data = select_records(body, selector)

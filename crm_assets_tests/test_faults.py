@@ -369,6 +369,35 @@ def test_a_total_sent_as_a_string_of_digits_is_the_total(total: str, known: int 
         assert sorted(asked) == [0, 100, 200]
 
 
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b'{"data": [{"id": 1, "score": NaN}], "total": 1}', "NaN at char 29"),
+        (b'{"data": [{"id": 1, "score": -Infinity}], "total": 1}', "-Infinity at char 29"),
+        (b'{"data": [{"id": 123456789012345678901, "x": NaN}], "total": 1}', "NaN"),
+    ],
+)
+def test_a_page_with_nan_fails_naming_it(body: bytes, reason: str) -> None:
+    """Python's json writes NaN and Infinity by default, and they are not JSON: the error says
+    which, where a decoder would only say "unexpected character"."""
+
+    def answer(path: str) -> tuple[int, dict[str, str], bytes]:
+        return 200, {}, body
+
+    with ScriptedServer(answer) as server:
+        connection = CRMConnection(server.url, API_KEY, ACCESS_KEY)
+        policy = RequestPolicy(max_attempts=2)
+        with (
+            CRMTransport(connection, policy, log=ListLog()) as transport,
+            pytest.raises(CRMAPIError) as failed,
+        ):
+            transport.get("leads", "/v1/leads", {"startIndex": 0}, "data")
+    assert str(failed.value).startswith(
+        f"leads: malformed page (not JSON: {reason}, a number JSON does not have) "
+        "from GET /v1/leads?startIndex=0"
+    )
+
+
 def test_pages_asked_for_past_the_end_are_not_retried_for_nobody() -> None:
     """An API without a total that answers 503 past the end of its listing: the pages asked for
     ahead beyond the empty page fail, and are given up rather than retried (with a 5 s backoff,
