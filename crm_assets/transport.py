@@ -191,6 +191,11 @@ def escape_lone_surrogates(value: Any) -> tuple[Any, int]:
     """`value` (decoded JSON) with each lone surrogate in its strings, keys included, written as
     its JSON escape (`\\ud83d`), and how many strings held one. Kept as text rather than replaced
     by U+FFFD: two ids that differ only in such a half would become one key, and one row."""
+    try:
+        orjson.dumps(value)  # in C, and refuses a surrogate: a page without one is not walked
+        return value, 0
+    except orjson.JSONEncodeError:
+        pass  # a surrogate, or an integer beyond 64 bits: walked
     escaped = 0
 
     def walk(item: Any) -> Any:
