@@ -6,7 +6,8 @@ without an id are left out of the load), the metadata of the asset's latest mate
 """
 
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from functools import cache
 from typing import Any
 
 from dagster import (
@@ -23,12 +24,14 @@ from dagster import (
     build_metadata_bounds_checks,
     multi_asset_check,
 )
+from dlt.common.schema import Schema
 from dlt.destinations.exceptions import DatabaseTerminalException, DatabaseUndefinedRelation
 
 from crm_assets.api import CRM_API
 from crm_assets.assets import asset_key
 from crm_assets.automation import QUALITY_CHECKS
 from crm_assets.resources import CRMWarehouse
+from crm_assets.source import SOURCE_NAME
 from crm_assets.sync_lock import exclusive_sync
 
 PRIMARY_KEY = "primary_key"
@@ -165,15 +168,35 @@ def _primary_key(
     )
 
 
+@cache
+def _normalized(field: str) -> str:
+    return Schema(SOURCE_NAME).naming.normalize_path(field)
+
+
+def _column_of(field: str, history: Sequence[Mapping[str, Any]]) -> str:
+    """The warehouse column of an API field as the sync named it: dlt's naming (`CustomerId` is
+    `customer_id`), or the suffixed name it got where two fields met (`renamed_fields`)."""
+    renamed = _value(history[0], "renamed_fields", {}) if history else {}
+    return (renamed or {}).get(field) or _normalized(field)
+
+
 def _references(
-    db: _Warehouse, key: AssetKey, table: str, references: Sequence[Mapping[str, Any]]
+    db: _Warehouse,
+    key: AssetKey,
+    table: str,
+    references: Sequence[Mapping[str, Any]],
+    history_of: Callable[[AssetKey], Sequence[Mapping[str, Any]]],
 ) -> AssetCheckResult:
     dangling: dict[str, int] = {}
     for ref in references:
+        # Named as the declaration names them, which may be as the CRM spells its fields
+        # (`CustomerId`, as crm-discover writes them): found by the columns they loaded into.
         column, parent = ref["columns"][0], ref["referenced_table"]
         parent_column = ref["referenced_columns"][0]
-        child, target = db.column(column), db.column(parent_column)
-        if not db.has_column(table, column):
+        loaded_as = _column_of(column, history_of(key))
+        child = db.column(loaded_as)
+        target = db.column(_column_of(parent_column, history_of(asset_key(parent))))
+        if not db.has_column(table, loaded_as):
             dangling[f"{column} -> {parent}.{parent_column}"] = 0  # never sent: nothing dangles
             continue
         # Compared as text: a CRM may send a reference with another type than the key it names.
@@ -289,11 +312,15 @@ def build_crm_checks(api_config: Mapping[str, Any] = CRM_API) -> list[AssetCheck
     ) -> AssetCheckResult | None:
         key, name = check_key.asset_key, check_key.name
         table = key.path[-1]
+
+        def history_of(asset: AssetKey) -> list[Mapping[str, Any]]:
+            if asset not in histories:
+                histories[asset] = _latest_metadata(context, asset, SYNCS_COMPARED)
+            return histories[asset]
+
         if name == REFERENCES:
-            return _references(db, key, table, resources[table]["references"])
-        if key not in histories:
-            histories[key] = _latest_metadata(context, key, SYNCS_COMPARED)
-        history = histories[key]
+            return _references(db, key, table, resources[table]["references"], history_of)
+        history = history_of(key)
         if name == PRIMARY_KEY:
             return _primary_key(db, history, key, table, resources[table].get("primary_key", pk))
         if name == DELETES:

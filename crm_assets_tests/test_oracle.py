@@ -23,16 +23,18 @@ import dlt
 import duckdb
 import orjson
 import pytest
-from dagster import DagsterInstance
+from dagster import DagsterInstance, materialize
 from dlt.sources.rest_api import rest_api_source
 
-from crm_assets.api import SEED_API, resource_names
+from crm_assets import build_definitions
+from crm_assets.api import CRM_API, SEED_API, resource_names
 from crm_assets_tests.compare import candidates, equivalent, flattened, logical
 from crm_assets_tests.conftest import (
     ACCESS_KEY,
     API_KEY,
     PROFILES,
     Workspace,
+    check_results,
     materialized_metadata,
     sync_in_process,
 )
@@ -188,6 +190,49 @@ def test_a_crm_that_names_its_fields_in_pascal_case_loads_as_plain_dlt_does(
     assert metadata["contacts"]["complete_read"].value is True
     assert metadata["customers"]["declared_fields_sent_as"].value["id"] == "Id"
     assert metadata["contacts"]["declared_fields_sent_as"].value["customer_id"] == "CustomerId"
+
+
+@pytest.mark.parametrize("profile", ["declared"])
+def test_references_declared_in_the_crm_s_spelling_are_checked(
+    profile: str,
+    workspace: Workspace,
+    simulator: CRMSimulator,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`crm-discover` declares a PascalCase CRM's references as the CRM names its fields
+    (`CustomerId` -> customers.`Id`); they loaded into `customer_id` and `id`. The references
+    check finds those columns, so a dangling id is reported, not passed over as never sent."""
+    served = {
+        name: [_pascal_record(r) for r in simulator.records(name)] for name in resource_names()
+    }
+    served["contacts"][3]["CustomerId"] = 999_999
+    config = copy.deepcopy(CRM_API)
+    for resource in config["resources"]:
+        for ref in resource.get("references", []):
+            ref["columns"] = [_pascal(c) for c in ref["columns"]]
+            ref["referenced_columns"] = [_pascal(c) for c in ref["referenced_columns"]]
+    assert config["resources"][1]["references"][0]["columns"] == ["CustomerId"]
+    defs = build_definitions(config)
+    with ScriptedServer(_pages_of(served)) as crm:
+        monkeypatch.setenv("CRM_BASE_URL", crm.url)
+        result = materialize(
+            [*defs.assets, *defs.asset_checks],
+            resources=defs.resources,
+            instance=DagsterInstance.get(),
+            raise_on_error=False,
+        )
+    assert result.success
+    checks = check_results(result)
+    assert checks["crm/contacts:references"] == (False, "WARN")
+    assert checks["crm/opportunities:references"] == (True, "WARN")
+    evaluation = next(
+        e.event_specific_data
+        for e in result.all_events
+        if e.event_type_value == "ASSET_CHECK_EVALUATION"
+        and e.event_specific_data.asset_key.path[-1] == "contacts"
+        and e.event_specific_data.check_name == "references"
+    )
+    assert evaluation.metadata["dangling CustomerId -> customers.Id"].value == 1
 
 
 @pytest.mark.parametrize("profile", ["crm"])
