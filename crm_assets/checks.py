@@ -24,14 +24,13 @@ from dagster import (
     build_metadata_bounds_checks,
     multi_asset_check,
 )
-from dlt.common.schema import Schema
 from dlt.destinations.exceptions import DatabaseTerminalException, DatabaseUndefinedRelation
 
 from crm_assets.api import CRM_API
 from crm_assets.assets import asset_key
 from crm_assets.automation import QUALITY_CHECKS
 from crm_assets.resources import CRMWarehouse
-from crm_assets.source import SOURCE_NAME
+from crm_assets.source import naming
 from crm_assets.sync_lock import exclusive_sync
 
 PRIMARY_KEY = "primary_key"
@@ -170,7 +169,7 @@ def _primary_key(
 
 @cache
 def _normalized(field: str) -> str:
-    return Schema(SOURCE_NAME).naming.normalize_path(field)
+    return naming().normalize_path(field)
 
 
 def _column_of(field: str, history: Sequence[Mapping[str, Any]]) -> str:

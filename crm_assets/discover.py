@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from dlt.common.schema import Schema
 
 from crm_assets.api import DECLARATION_PATH, SEED_API, load_declaration
 from crm_assets.conversion import TableBuilder
 from crm_assets.errors import CRMAPIError, CRMError
 from crm_assets.paging import iter_pages
 from crm_assets.resources import CRMCredentials, CRMRequestSettings
+from crm_assets.source import naming
 from crm_assets.transport import CRMTransport
 
 DEFAULT_SAMPLE_PAGES = 5
@@ -122,7 +122,7 @@ def discover_resource(
         records.extend(page)
         if n >= pages:
             break
-    builder = TableBuilder(name, {}, primary_key, Schema("crm").naming.normalize_path)
+    builder = TableBuilder(name, {}, primary_key, naming().normalize_path)
     if records:
         builder.build(records)
     described = (known.get("columns") or {}) if known else {}

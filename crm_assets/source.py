@@ -156,7 +156,9 @@ def _existing_columns(name: str) -> dict[str, Any]:
     return dict(schema.tables.get(name, {}).get("columns", {}))
 
 
-def _naming() -> Any:
+def naming() -> Any:
+    """dlt's naming convention of the CRM source, the one that names its tables' columns:
+    the running source's, or, outside a run, the one its schema would have."""
     try:
         return dlt.current.source_schema().naming
     except Exception:
@@ -193,7 +195,7 @@ def _extract(
         name,
         columns,
         primary_key,
-        _naming().normalize_path,
+        naming().normalize_path,
         existing=_existing_columns(name),
         renames=state.get(RENAMES_STATE_KEY),
         spelled=state.get(SPELLED_STATE_KEY),
