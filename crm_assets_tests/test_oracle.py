@@ -192,7 +192,7 @@ def test_a_crm_that_names_its_fields_in_pascal_case_loads_as_plain_dlt_does(
     assert metadata["contacts"]["declared_fields_sent_as"].value["customer_id"] == "CustomerId"
 
 
-@pytest.mark.parametrize("profile", ["declared"])
+@pytest.mark.parametrize("profile", ["declared", "crm"])  # integer ids, and string ids
 def test_references_declared_in_the_crm_s_spelling_are_checked(
     profile: str,
     workspace: Workspace,
@@ -205,7 +205,7 @@ def test_references_declared_in_the_crm_s_spelling_are_checked(
     served = {
         name: [_pascal_record(r) for r in simulator.records(name)] for name in resource_names()
     }
-    served["contacts"][3]["CustomerId"] = 999_999
+    served["contacts"][3]["CustomerId"] = 999_999  # an id no customer has, of either id type
     config = copy.deepcopy(CRM_API)
     for resource in config["resources"]:
         for ref in resource.get("references", []):
